@@ -1,0 +1,1 @@
+"""Everything before the train step: corpora, tokenizer, packing and the grain loader."""

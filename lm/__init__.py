@@ -1,0 +1,1 @@
+"""Model, sharding, optimisation, training loop, checkpoints, metrics, evaluation and sampling."""

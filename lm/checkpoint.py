@@ -1,0 +1,61 @@
+"""Checkpoints: an orbax CheckpointManager holding the train state and the data iterator.
+
+Each checkpoint `checkpoints/<step>/` has two items: `state` (step, parameters, optimizer
+state, RNG; written by every process, each its own shards) and `data` (the grain
+iterator position, one small JSON file per process). Saves are asynchronous; orbax only
+renames a checkpoint into place once it is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves every `every_steps` steps (and when forced), keeps the last `max_to_keep`."""
+
+  def __init__(self, directory: str, every_steps: int, max_to_keep: int):
+    self.manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=every_steps, create=True),
+        item_names=("state", "data"),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator, force: bool = False) -> bool:
+    """Starts an asynchronous save if `step` is due (or `force`); returns whether it saved."""
+    return self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+        force=force,
+    )
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any:
+    """The state saved at `step`, laid out as `abstract_state` (a tree of jax.ShapeDtypeStruct
+    with shardings, so it may be a different mesh than the one that saved); moves
+    `data_iterator` to the saved position."""
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                data=grain.checkpoint.CheckpointRestore(data_iterator)),
+    )
+    return restored["state"]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are complete."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """jax.ShapeDtypeStruct leaves with the given shardings, the target layout of a restore."""
+  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,68 @@
+"""Sampling continuations of a prompt (greedy, temperature, top-k).
+
+This simple sampler recomputes the whole fixed-length window for each new token; the
+compiled step is shared by all tokens, as the window shape never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def make_next_token_fn(forward: Callable, temperature: float, top_k: int) -> Callable:
+  """(params, tokens [batch, window], length, rng) -> next token [batch] int32, for jax.jit.
+
+  `forward(params, inputs, segment_ids, positions) -> logits [batch, window, vocab]`; the
+  token is drawn from the logits at position `length - 1`.
+  """
+
+  def next_token(params, tokens, length, rng):
+    batch, window = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(window, dtype=jnp.int32), (batch, window))
+    # One document per row; the causal mask keeps the not-yet-written tail out of view.
+    segment_ids = jnp.ones_like(tokens)
+    logits = forward(params, tokens, segment_ids, positions)
+    logits = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [batch, vocab]
+    if temperature == 0.0:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k > 0:
+      kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+  return next_token
+
+
+def sample(next_token: Callable, params: Any, prompt: list[int], *, window: int, batch_size: int,
+           max_new_tokens: int, eos_id: int, rng: jax.Array, put: Callable[[np.ndarray], Any]) -> list[list[int]]:
+  """Samples `batch_size` continuations of `prompt` (independent draws).
+
+  Args:
+    next_token: jitted function from `make_next_token_fn`.
+    window: the fixed token window; generation stops when it is full.
+    put: places a [batch, window] host array on the devices (with the batch sharding).
+
+  Returns:
+    `batch_size` lists of new token ids, each ending before EOS if EOS was drawn.
+  """
+  if not prompt or len(prompt) >= window:
+    raise ValueError(f"prompt must have 1 to {window - 1} tokens, got {len(prompt)}")
+  tokens = np.zeros((batch_size, window), np.int32)
+  tokens[:, :len(prompt)] = prompt
+  done = np.zeros(batch_size, bool)
+  length = len(prompt)
+  while length < min(window, len(prompt) + max_new_tokens) and not done.all():
+    rng, step_rng = jax.random.split(rng)
+    new = np.asarray(jax.device_get(next_token(params, put(tokens), length, step_rng)))
+    tokens[:, length] = np.where(done, eos_id, new)
+    done |= new == eos_id
+    length += 1
+  outputs = []
+  for row in tokens[:, len(prompt):length].tolist():
+    outputs.append(row[:row.index(eos_id)] if eos_id in row else row)
+  return outputs

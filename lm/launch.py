@@ -1,0 +1,37 @@
+"""Command line entry point.
+
+    python -m lm.launch --config configs/demo.py [--config.train.steps=200 ...]
+
+The config file's `get_config()` is loaded by ml_collections; any field can be
+overridden with `--config.GROUP.FIELD=VALUE`. The config is validated before anything
+is built; an invalid one exits with an error naming the key.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (configs/NAME.py).",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=import-outside-toplevel
+  from lm import config as config_lib  # pylint: disable=import-outside-toplevel
+  from lm import train  # pylint: disable=import-outside-toplevel
+
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  train.run(config)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,112 @@
+"""Metric writers (tensorboardX + metrics.jsonl), FLOP counting, MFU and the progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+# Dense peak FLOP/s per device at the usual training precision (bf16 on accelerators).
+KNOWN_PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> float:
+  """Training FLOPs per token: 6 * (matmul parameters) + 6 * layers * seq_len * heads * head_dim.
+
+  Matmul parameters are every weight used in a matmul (the embedding lookup is a gather
+  and is not counted; the output projection is, tied or not). The attention term is the
+  12 * layers * seq * heads * head_dim of QK^T and AV, halved because the mask is causal.
+  """
+  m = model_config
+  attention = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
+  mlp = 3 * m.d_model * m.ffn_dim
+  matmul_params = m.num_layers * (attention + mlp) + m.d_model * m.vocab_size
+  return 6.0 * matmul_params + 6.0 * m.num_layers * seq_len * m.num_heads * m.head_dim
+
+
+def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a float32 [size, size] matmul on the default device (best of `repeats`)."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def peak_flops_per_device(log_config: ml_collections.ConfigDict) -> tuple[float, str]:
+  """(peak FLOP/s of one device, where the number came from) for MFU."""
+  if log_config.peak_flops_per_device > 0:
+    return log_config.peak_flops_per_device, "config log.peak_flops_per_device"
+  kind = jax.devices()[0].device_kind
+  if kind in KNOWN_PEAK_FLOPS:
+    return KNOWN_PEAK_FLOPS[kind], f"table entry for {kind}"
+  return measure_matmul_flops(), f"measured 2048x2048 float32 matmul on {kind}"
+
+
+class MetricsWriter:
+  """Writes scalars to tensorboard (`events/`) and as one JSON object per line (`metrics.jsonl`).
+
+  Only the main process (process 0) writes; the others accept and drop calls.
+  """
+
+  def __init__(self, run_dir: str, enabled: bool):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._tensorboard = SummaryWriter(os.path.join(run_dir, "events"))
+    self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    for name, value in scalars.items():
+      self._tensorboard.add_scalar(name, value, step)
+    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+    self._jsonl.flush()
+
+  def write_text(self, step: int, name: str, text: str) -> None:
+    if self.enabled:
+      self._tensorboard.add_text(name, text, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tensorboard.close()
+      self._jsonl.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_line(step: int, total_steps: int, scalars: dict[str, float], seconds_per_step: float) -> str:
+  eta = format_duration((total_steps - step) * seconds_per_step)
+  return (f"step {step:>6d}/{total_steps}  loss {scalars['train/loss']:.4f}  "
+          f"lr {scalars['train/learning_rate']:.2e}  grad_norm {scalars['train/grad_norm']:.3f}  "
+          f"tokens/s {scalars['perf/tokens_per_second']:,.0f}  mfu {100 * scalars['perf/mfu']:.1f}%  eta {eta}")
+
+
+def mean_of(values: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}

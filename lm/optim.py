@@ -1,0 +1,37 @@
+"""The optimizer: global-norm clipping, then AdamW on a linear-warmup + cosine schedule."""
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup 0 -> peak over `warmup_steps`, then cosine decay to `end_learning_rate_fraction` * peak at `total_steps`."""
+  peak = optim_config.peak_learning_rate
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=peak,
+      warmup_steps=optim_config.warmup_steps,
+      decay_steps=max(total_steps, optim_config.warmup_steps + 1),
+      end_value=peak * optim_config.end_learning_rate_fraction,
+  )
+
+
+def weight_decay_mask(params):
+  """True for every parameter except normalisation scales, which are not decayed."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) != "scale", params)
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(optim_config.clip_norm),
+      optax.adamw(
+          learning_rate_schedule(optim_config, total_steps),
+          b1=optim_config.b1,
+          b2=optim_config.b2,
+          eps=optim_config.eps,
+          weight_decay=optim_config.weight_decay,
+          mask=weight_decay_mask,
+      ),
+  )

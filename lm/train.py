@@ -1,0 +1,292 @@
+"""Training: the train state, the pure jitted step functions, and the loop around them.
+
+`Trainer` holds the pure functions of one run (`init_state`, `train_step`, `eval_step`,
+`next_token`), each jitted with explicit shardings derived from the logical-axis rules.
+`run(config)` is the imperative shell: data, checkpoints, metrics, evaluation, sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from data import corpus
+from data import loader
+from data import tokenizer as tokenizer_lib
+from lm import checkpoint as checkpoint_lib
+from lm import config as config_lib
+from lm import evaluate as evaluate_lib
+from lm import generate as generate_lib
+from lm import metrics as metrics_lib
+from lm import model as model_lib
+from lm import optim
+from lm import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any  # float32 (model.param_dtype) parameter tree
+  opt_state: Any  # optax state (AdamW moments in float32)
+  rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
+
+
+def token_losses(params, model: nn.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(summed next-token cross-entropy in nats over loss_mask, number of target tokens), float32 scalars."""
+  logits = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # [batch, seq] float32
+  mask = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(losses * mask), jnp.sum(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """The jitted pure functions of a run and the shardings they were compiled with."""
+
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  state_shardings: Any  # TrainState of NamedShardings
+  batch_sharding: jax.sharding.NamedSharding
+  learning_rate: optax.Schedule
+  init_state: Callable[[jax.Array], TrainState]  # rng -> sharded state
+  train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates its state argument
+  eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (params, batch) -> (summed loss, tokens)
+  next_token: Callable  # (params, tokens [batch, seq], length, rng) -> [batch] int32, config.eval sampling
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and shardings, without allocating it (the target of a restore)."""
+    return checkpoint_lib.abstract_like(jax.eval_shape(self.init_state, jax.random.PRNGKey(0)), self.state_shardings)
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
+  """Builds the model, optimizer and jitted step functions of `config` on `mesh`."""
+  model = model_lib.from_config(config.model)
+  rules = sharding.rules(config.mesh)
+  optimizer = optim.make_optimizer(config.optim, config.train.steps)
+  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
+  seq_len = config.data.seq_len
+
+  def init_boxed(rng):
+    dummy = jnp.zeros((1, seq_len), jnp.int32)
+    params = model.init(rng, dummy, dummy, dummy)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
+  state_shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+      total, count = token_losses(params, model, batch)
+      return total / jnp.maximum(count, 1.0), count
+
+    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+               "train/learning_rate": schedule(state.step), "train/target_tokens": count}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def forward(params, inputs, segment_ids, positions):
+    return model.apply({"params": params}, inputs, segment_ids, positions)
+
+  def in_context(fn):
+    """`fn` called inside the mesh and logical-rule context that tracing the model needs."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return fn(*args)
+    return wrapped
+
+  next_token = generate_lib.make_next_token_fn(forward, config.eval.sample_temperature, config.eval.sample_top_k)
+  return Trainer(
+      model=model, mesh=mesh, rules=rules, state_shardings=state_shardings, batch_sharding=batch_sharding,
+      learning_rate=schedule,
+      init_state=in_context(jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings)),
+      train_step=in_context(jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                                    out_shardings=(state_shardings, replicated), donate_argnums=0)),
+      eval_step=in_context(jax.jit(lambda params, batch: token_losses(params, model, batch),
+                                   in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
+      next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
+                                    out_shardings=replicated)),
+  )
+
+
+def put_global(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
+  """A global array from a host array that every process holds in full."""
+  return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
+def _prepare_run_dir(config: ml_collections.ConfigDict, is_main: bool) -> None:
+  """Creates the run dir and records config.json; refuses a relaunch whose model or data differ."""
+  run_dir = config.train.run_dir
+  path = os.path.join(run_dir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    current = json.loads(config.to_json())
+    changed = [f"{group}.{key}" for group in ("model", "data")
+               for key in current[group] if saved.get(group, {}).get(key) != current[group][key]]
+    if changed:
+      raise config_lib.ConfigError(
+          f"{run_dir} holds a run whose config differs in {', '.join(changed)}; "
+          "use a new train.run_dir or the same values")
+  if is_main:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or resumes) the run of `config`; returns the final step, validation loss and sample."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  is_main = jax.process_index() == 0
+  run_dir = os.path.abspath(config.train.run_dir)
+  _prepare_run_dir(config, is_main)
+  mesh = sharding.make_mesh(config.mesh)
+  _log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+       f"{jax.process_count()} process(es); run dir {run_dir}")
+
+  # Data: documents -> tokenizer -> packed examples.
+  start = time.time()
+  train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
+  tokenizer_dir = os.path.join(run_dir, "tokenizer")
+  reused = tokenizer_lib.exists(tokenizer_dir)
+  if is_main or reused:
+    tokenizer = tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir,
+                                            config.data.tokenizer_max_sentences)
+  if not reused and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("tokenizer trained")
+    tokenizer = tokenizer_lib.load(tokenizer_dir)
+  seq_len = config.data.seq_len
+  train_examples = loader.tokenize(train_docs, tokenizer, seq_len)
+  validation_rows = loader.evaluation_rows(loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
+                                           num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id)
+  unigram_entropy = loader.unigram_entropy(validation_rows, config.model.vocab_size)
+  _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
+       f"{sum(len(e['inputs']) for e in train_examples):,} train tokens, "
+       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens; tokenizer "
+       f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
+
+  global_batch_size = config.train.global_batch_size
+  data_iterator = loader.train_iterator(
+      train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
+      batch_size=global_batch_size // jax.process_count(), process_index=jax.process_index(),
+      process_count=jax.process_count(), pad_id=tokenizer.pad_id)
+
+  trainer = build(config, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
+                                             config.checkpoint.max_to_keep)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(latest, trainer.abstract_state(), data_iterator)
+    _log(f"resumed from step {latest} ({os.path.join(run_dir, 'checkpoints', str(latest))})")
+  else:
+    state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
+  param_count = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  _log(f"model: {param_count:,} parameters")
+
+  writer = metrics_lib.MetricsWriter(run_dir, enabled=is_main)
+  flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)
+  peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
+  _log(f"MFU uses {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention) against {peak / 1e9:,.0f} GFLOP/s "
+       f"per device ({peak_source})")
+
+  def run_evaluation(step: int) -> float:
+    batches = (
+        {k: put_global(v, trainer.batch_sharding) for k, v in batch.items()}
+        for batch in loader.evaluation_batches(validation_rows, global_batch_size, config.eval.max_batches))
+    result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
+    writer.write(step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
+    _log(f"eval  step {step}: val_loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+         f"({result['tokens']:,.0f} tokens)")
+    return result["loss"]
+
+  total_steps = config.train.steps
+  step = int(state.step)
+  tokens_per_step = global_batch_size * seq_len
+  window: list[dict[str, float]] = []
+  pending = None  # metrics of the previous step, read one step late so the host never waits on the device
+  window_start = time.perf_counter()
+  data_wait = 0.0
+  val_loss = None
+
+  def flush(metrics_step: int, metrics: dict) -> None:
+    nonlocal window_start, data_wait, window
+    window.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    if metrics_step % config.log.every_steps and metrics_step != total_steps:
+      return
+    elapsed = time.perf_counter() - window_start
+    tokens_per_second = len(window) * tokens_per_step / elapsed
+    scalars = metrics_lib.mean_of(window)
+    scalars.update({
+        "perf/tokens_per_second": tokens_per_second,
+        "perf/mfu": flops_per_token * tokens_per_second / (peak * jax.device_count()),
+        "perf/step_seconds": elapsed / len(window),
+        "perf/data_wait_fraction": data_wait / elapsed,
+    })
+    writer.write(metrics_step, scalars)
+    _log(metrics_lib.progress_line(metrics_step, total_steps, scalars, elapsed / len(window)))
+    window, data_wait, window_start = [], 0.0, time.perf_counter()
+
+  while step < total_steps:
+    wait_start = time.perf_counter()
+    batch = sharding.global_batch(next(data_iterator), trainer.batch_sharding)
+    data_wait += time.perf_counter() - wait_start
+    state, metrics = trainer.train_step(state, batch)
+    step += 1
+    if pending is not None:
+      flush(*pending)
+    pending = (step, metrics)
+    if step % config.eval.every_steps == 0 or step == total_steps:
+      flush(*pending)
+      pending = None
+      val_loss = run_evaluation(step)
+      window_start = time.perf_counter()
+    checkpointer.save(step, state, data_iterator, force=step == total_steps)
+  if pending is not None:
+    flush(*pending)
+  if val_loss is None:  # the run was already complete: evaluate the restored state
+    val_loss = run_evaluation(step)
+  checkpointer.wait()
+  checkpointer.close()
+
+  # A sampled continuation of the fixed prompt.
+  prompt = config.eval.sample_prompt
+  continuations = generate_lib.sample(
+      trainer.next_token, state.params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=seq_len,
+      batch_size=sharding.data_parallel_size(mesh), max_new_tokens=config.eval.sample_tokens,
+      eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step),
+      put=lambda array: put_global(array, trainer.batch_sharding))
+  sample_text = prompt + tokenizer.decode(continuations[0])
+  if is_main:
+    with open(os.path.join(run_dir, "samples.txt"), "a") as f:
+      f.write(f"=== step {step}\n{sample_text}\n")
+    writer.write_text(step, "samples", sample_text)
+  writer.close()
+  _log(f"sample (step {step}):\n{sample_text}\n")
+  _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={unigram_entropy:.4f}")
+  return {"step": step, "val_loss": val_loss, "unigram_entropy": unigram_entropy, "sample": sample_text,
+          "resumed_from": latest}
+
