@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 200  # validation loss every this many steps (and always at the end)
-  ev.max_batches = 16  # validation batches per evaluation (0 = the whole validation split)
+  ev.max_batches = 16  # validation batches per evaluation, a fixed sample of rows (0 = the whole validation split)
   ev.sample_prompt = "def read_config(path):\n"  # fixed prompt whose continuation is sampled at the end
   ev.sample_tokens = 64  # tokens sampled after the prompt
   ev.sample_temperature = 0.8  # softmax temperature of sampling (0 = greedy)

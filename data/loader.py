@@ -83,22 +83,27 @@ def train_iterator(examples, *, seq_len: int, num_packing_bins: int, seed: int, 
   return iter(ds.batch(batch_size, drop_remainder=True))
 
 
-def evaluation_rows(examples, *, seq_len: int, num_packing_bins: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Every example packed once, in order: dict of [rows, seq_len] int32 arrays."""
+def evaluation_rows(examples, *, seq_len: int, num_packing_bins: int, pad_id: int, max_rows: int = 0,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """Every example packed once: dict of [rows, seq_len] int32 arrays.
+
+  With `max_rows`, a fixed random sample (from `seed`) of that many rows, so a capped
+  evaluation still covers every domain rather than the first documents only.
+  """
   ds = packed_dataset(examples, seq_len=seq_len, num_packing_bins=num_packing_bins, seed=0, shuffle=False,
                       repeat=False, pad_id=pad_id)
   rows = list(ds)
+  if max_rows and len(rows) > max_rows:
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_rows, replace=False))
+    rows = [rows[i] for i in keep]
   return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
 
 
-def evaluation_batches(rows: dict[str, np.ndarray], batch_size: int, max_batches: int) -> Iterator[dict[str, np.ndarray]]:
+def evaluation_batches(rows: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """Global batches of `rows`; the last is filled with padding rows (loss_mask 0) to `batch_size`."""
   total = len(rows["inputs"])
-  num_batches = -(-total // batch_size)
-  if max_batches:
-    num_batches = min(num_batches, max_batches)
-  for b in range(num_batches):
-    batch = {k: v[b * batch_size:(b + 1) * batch_size] for k, v in rows.items()}
+  for start in range(0, total, batch_size):
+    batch = {k: v[start:start + batch_size] for k, v in rows.items()}
     missing = batch_size - len(batch["inputs"])
     if missing:
       batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}

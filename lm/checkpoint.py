@@ -19,10 +19,10 @@ class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the last `max_to_keep`."""
 
   def __init__(self, directory: str, every_steps: int, max_to_keep: int):
+    self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=every_steps, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "data"),
     )
 
@@ -30,11 +30,13 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator, force: bool = False) -> bool:
-    """Starts an asynchronous save if `step` is due (or `force`); returns whether it saved."""
+    """Starts an asynchronous save if `step` is a multiple of `every_steps` (or `force`); returns whether it saved."""
+    if not force and step % self.every_steps:
+      return False
     return self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-        force=force,
+        force=True,  # the interval is decided above; orbax's own policy would also save the first step
     )
 
   def restore(self, step: int, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any:

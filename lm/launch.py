@@ -27,10 +27,10 @@ def main(argv):
   config = _CONFIG.value
   try:
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    train.run(config)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
-  train.run(config)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, total_steps:
 
 def weight_decay_mask(params):
   """True for every parameter except normalisation scales, which are not decayed."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) != "scale", params)
+  def decayed(path, _):
+    # The last dict key is the parameter's name, also for boxed (nn.Partitioned) leaves.
+    names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    return names[-1] != "scale"
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

@@ -65,10 +65,7 @@ class Trainer:
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates its state argument
   eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (params, batch) -> (summed loss, tokens)
   next_token: Callable  # (params, tokens [batch, seq], length, rng) -> [batch] int32, config.eval sampling
-
-  def abstract_state(self) -> TrainState:
-    """The state's shapes, dtypes and shardings, without allocating it (the target of a restore)."""
-    return checkpoint_lib.abstract_like(jax.eval_shape(self.init_state, jax.random.PRNGKey(0)), self.state_shardings)
+  abstract_state: TrainState  # ShapeDtypeStructs with shardings, never allocated: the target of a restore
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
@@ -87,6 +84,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
   state_shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh, rules)
+  abstract_state = checkpoint_lib.abstract_like(nn.meta.unbox(boxed), state_shardings)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -124,6 +122,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
                                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
       next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
                                     out_shardings=replicated)),
+      abstract_state=abstract_state,
   )
 
 
@@ -181,15 +180,18 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     tokenizer = tokenizer_lib.load(tokenizer_dir)
   seq_len = config.data.seq_len
   train_examples = loader.tokenize(train_docs, tokenizer, seq_len)
-  validation_rows = loader.evaluation_rows(loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
-                                           num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id)
+  global_batch_size = config.train.global_batch_size
+  # The validation loss and the unigram entropy it is compared with are measured on the same rows.
+  validation_rows = loader.evaluation_rows(
+      loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
+      num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id,
+      max_rows=config.eval.max_batches * global_batch_size, seed=config.data.split_seed)
   unigram_entropy = loader.unigram_entropy(validation_rows, config.model.vocab_size)
   _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
        f"{sum(len(e['inputs']) for e in train_examples):,} train tokens, "
-       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens; tokenizer "
+       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens evaluated; tokenizer "
        f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
 
-  global_batch_size = config.train.global_batch_size
   data_iterator = loader.train_iterator(
       train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
       batch_size=global_batch_size // jax.process_count(), process_index=jax.process_index(),
@@ -200,7 +202,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                              config.checkpoint.max_to_keep)
   latest = checkpointer.latest_step()
   if latest is not None:
-    state = checkpointer.restore(latest, trainer.abstract_state(), data_iterator)
+    state = checkpointer.restore(latest, trainer.abstract_state, data_iterator)
     _log(f"resumed from step {latest} ({os.path.join(run_dir, 'checkpoints', str(latest))})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
@@ -216,7 +218,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   def run_evaluation(step: int) -> float:
     batches = (
         {k: put_global(v, trainer.batch_sharding) for k, v in batch.items()}
-        for batch in loader.evaluation_batches(validation_rows, global_batch_size, config.eval.max_batches))
+        for batch in loader.evaluation_batches(validation_rows, global_batch_size))
     result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
     writer.write(step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
     _log(f"eval  step {step}: val_loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "

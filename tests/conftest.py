@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests run on 8 simulated CPU devices, so every sharding path is exercised."""
+
+import os
+
+# Must be set before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from configs import tiny  # noqa: E402
+from data import corpus  # noqa: E402
+from data import loader  # noqa: E402
+from data import tokenizer as tokenizer_lib  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def documents():
+  """(train, validation) documents of the embedded corpus, split as the runs split it."""
+  return corpus.load("", validation_fraction=0.05, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_documents(documents):
+  """A few hundred training documents of both domains: enough to train a tokenizer fast."""
+  train, _ = documents
+  docs = [d for d in train if d.source == "docs"][:150]
+  code = [d for d in train if d.source == "code"][:150]
+  return docs + code
+
+
+@pytest.fixture(scope="session")
+def tokenizer(small_documents, tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tokenizer"))
+  return tokenizer_lib.train(small_documents, vocab_size=512, directory=directory, max_sentences=50000)
+
+
+@pytest.fixture(scope="session")
+def examples(small_documents, tokenizer):
+  return loader.tokenize(small_documents, tokenizer, seq_len=64)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  config = tiny.get_config()
+  config.train.run_dir = str(tmp_path / "run")
+  return config

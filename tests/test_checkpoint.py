@@ -1,0 +1,70 @@
+import jax
+import numpy as np
+
+from data import loader
+from lm import checkpoint as checkpoint_lib
+from lm import sharding
+from lm import train
+
+
+def _iterator(examples, config):
+  return loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
+                               batch_size=config.train.global_batch_size, process_index=0, process_count=1, pad_id=3)
+
+
+def _assert_trees_equal(a, b):
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_restores_state_and_data_position(tiny_config, examples, tmp_path):
+  config = tiny_config
+  config.mesh.fsdp, config.mesh.tensor = 2, 2
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  it = _iterator(examples, config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  for _ in range(3):
+    state, _ = trainer.train_step(state, sharding.global_batch(next(it), trainer.batch_sharding))
+
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2)
+  assert checkpointer.save(3, state, it, force=True)
+  checkpointer.wait()
+  saved = jax.device_get(state)  # host copy: train_step donates the device state
+  next_batch = next(it)
+  continued, _ = trainer.train_step(state, sharding.global_batch(next_batch, trainer.batch_sharding))
+  continued = jax.device_get(continued)
+
+  # A fresh process: new checkpointer, new iterator at its start.
+  fresh_it = _iterator(examples, config)
+  reopened = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2)
+  assert reopened.latest_step() == 3
+  restored = reopened.restore(3, trainer.abstract_state, fresh_it)
+  assert int(restored.step) == 3
+  _assert_trees_equal(restored.params, saved.params)
+  _assert_trees_equal(restored.opt_state, saved.opt_state)
+  _assert_trees_equal(restored.rng, saved.rng)
+  assert restored.params["blocks"]["mlp"]["up"]["kernel"].sharding == trainer.state_shardings.params["blocks"]["mlp"]["up"]["kernel"]
+
+  batch_after_restore = next(fresh_it)
+  for key in loader.BATCH_KEYS:
+    np.testing.assert_array_equal(batch_after_restore[key], next_batch[key])
+  resumed, _ = trainer.train_step(restored, sharding.global_batch(batch_after_restore, trainer.batch_sharding))
+  _assert_trees_equal(jax.device_get(resumed).params, continued.params)
+  reopened.close()
+  checkpointer.close()
+
+
+def test_keeps_only_the_last_k(tiny_config, examples, tmp_path):
+  config = tiny_config
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  it = _iterator(examples, config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=2, max_to_keep=2)
+  saved = [step for step in range(1, 8) if checkpointer.save(step, state, it)]
+  checkpointer.wait()
+  assert saved == [2, 4, 6]
+  assert checkpointer.manager.all_steps() == [4, 6]
+  checkpointer.close()

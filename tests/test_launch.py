@@ -1,0 +1,64 @@
+"""The whole path through `python -m lm.launch`: corpus, tokenizer, training, checkpoints, eval, sample, resume."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(run_dir, *overrides):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py", f"--config.train.run_dir={run_dir}",
+       "--config.mesh.fsdp=2", *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_demo_path_runs_end_to_end_and_resumes(tmp_path):
+  run_dir = tmp_path / "run"
+  out = _launch(run_dir)
+  assert "mesh {'data': 4, 'fsdp': 2, 'tensor': 1}" in out
+  assert "tokenizer trained" in out
+  assert re.search(r"step +20/20 +loss [\d.]+ .*tokens/s [\d,]+ +mfu [\d.]+% +eta", out)
+  final = re.search(r"^final: step=(\d+) val_loss=([\d.]+) unigram_entropy=([\d.]+)$", out, re.M)
+  assert final and final.group(1) == "20"
+  assert float(final.group(2)) < 6.0
+
+  for name in ("config.json", "tokenizer/spm.model", "tokenizer/tokenizer.json", "metrics.jsonl", "samples.txt"):
+    assert (run_dir / name).exists(), name
+  assert any(name.startswith("events") for name in os.listdir(run_dir / "events"))
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["10", "20"]
+  records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  train_records = [r for r in records if "train/loss" in r]
+  assert [r["step"] for r in train_records] == [5, 10, 15, 20]
+  for key in ("train/loss", "train/learning_rate", "train/grad_norm", "perf/tokens_per_second", "perf/mfu"):
+    assert all(key in r for r in train_records), key
+  assert [r["step"] for r in records if "eval/loss" in r] == [10, 20]
+  assert "def read_config(path):" in (run_dir / "samples.txt").read_text()
+
+  # Same command again: resumes, does not train again.
+  out = _launch(run_dir)
+  assert "resumed from step 20" in out and "tokenizer reused" in out
+  assert "step     5/20" not in out
+  assert re.search(r"^final: step=20 ", out, re.M)
+
+  # Longer run on the same directory continues from the checkpoint.
+  out = _launch(run_dir, "--config.train.steps=25")
+  assert "resumed from step 20" in out
+  assert re.search(r"step +25/25", out) and "step     5/25" not in out
+
+
+def test_relaunch_with_another_model_is_refused(tmp_path):
+  run_dir = tmp_path / "run"
+  _launch(run_dir, "--config.train.steps=2")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py", f"--config.train.run_dir={run_dir}",
+       "--config.model.d_model=32"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "differs in model.d_model" in result.stderr
