@@ -156,6 +156,42 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  tokenizer: tokenizer_lib.Tokenizer
+  train_examples: list[dict[str, np.ndarray]]  # {"inputs", "targets"}: [<= seq_len] int32 per example
+  validation_rows: dict[str, np.ndarray]  # the fixed validation rows: [rows, seq_len] int32 per key
+  unigram_entropy: float  # nats / token of the validation targets' unigram distribution
+
+
+def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
+  """Documents -> train/validation split -> tokenizer (trained once, then reused) -> examples and rows."""
+  start = time.time()
+  train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
+  tokenizer_dir = os.path.join(run_dir, "tokenizer")
+  reused = tokenizer_lib.exists(tokenizer_dir)
+  if jax.process_index() == 0 or reused:
+    tokenizer = tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir,
+                                            config.data.tokenizer_max_sentences)
+  if not reused and jax.process_count() > 1:  # process 0 trained it; the others read it once it is written
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("tokenizer trained")
+    tokenizer = tokenizer_lib.load(tokenizer_dir)
+  seq_len = config.data.seq_len
+  train_examples = loader.tokenize(train_docs, tokenizer, seq_len)
+  # The validation loss and the unigram entropy it is compared with are measured on the same rows.
+  validation_rows = loader.evaluation_rows(
+      loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
+      num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id,
+      max_rows=config.eval.max_batches * config.train.global_batch_size, seed=config.data.split_seed)
+  _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
+       f"{sum(len(e['inputs']) for e in train_examples):,} train tokens, "
+       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens evaluated; tokenizer "
+       f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
+  return RunData(tokenizer, train_examples, validation_rows,
+                 loader.unigram_entropy(validation_rows, config.model.vocab_size))
+
+
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run of `config`; returns the final step, validation loss and sample."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -165,35 +201,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   _log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
        f"{jax.process_count()} process(es); run dir {run_dir}")
-
-  # Data: documents -> tokenizer -> packed examples.
-  start = time.time()
-  train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
-  tokenizer_dir = os.path.join(run_dir, "tokenizer")
-  reused = tokenizer_lib.exists(tokenizer_dir)
-  if is_main or reused:
-    tokenizer = tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir,
-                                            config.data.tokenizer_max_sentences)
-  if not reused and jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("tokenizer trained")
-    tokenizer = tokenizer_lib.load(tokenizer_dir)
-  seq_len = config.data.seq_len
-  train_examples = loader.tokenize(train_docs, tokenizer, seq_len)
-  global_batch_size = config.train.global_batch_size
-  # The validation loss and the unigram entropy it is compared with are measured on the same rows.
-  validation_rows = loader.evaluation_rows(
-      loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
-      num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id,
-      max_rows=config.eval.max_batches * global_batch_size, seed=config.data.split_seed)
-  unigram_entropy = loader.unigram_entropy(validation_rows, config.model.vocab_size)
-  _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
-       f"{sum(len(e['inputs']) for e in train_examples):,} train tokens, "
-       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens evaluated; tokenizer "
-       f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
+  data = prepare_data(config, run_dir)
+  tokenizer, validation_rows = data.tokenizer, data.validation_rows
+  seq_len, global_batch_size = config.data.seq_len, config.train.global_batch_size
 
   data_iterator = loader.train_iterator(
-      train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
+      data.train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
       batch_size=global_batch_size // jax.process_count(), process_index=jax.process_index(),
       process_count=jax.process_count(), pad_id=tokenizer.pad_id)
 
@@ -288,7 +301,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     writer.write_text(step, "samples", sample_text)
   writer.close()
   _log(f"sample (step {step}):\n{sample_text}\n")
-  _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={unigram_entropy:.4f}")
-  return {"step": step, "val_loss": val_loss, "unigram_entropy": unigram_entropy, "sample": sample_text,
+  _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={data.unigram_entropy:.4f}")
+  return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": sample_text,
           "resumed_from": latest}
 
