@@ -11,7 +11,12 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
+import jax
 from ml_collections import config_flags
+
+from lm import config as config_lib
+from lm import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (configs/NAME.py).",
                                           lock_config=True)
@@ -20,9 +25,8 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=import-outside-toplevel
-  from lm import config as config_lib  # pylint: disable=import-outside-toplevel
-  from lm import train  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS["verbosity"].present:  # library INFO chatter (orbax, backends) only when asked for
+    logging.set_verbosity(logging.WARNING)
 
   config = _CONFIG.value
   try:

@@ -37,3 +37,24 @@ def test_eval_step_counts_only_masked_tokens(tiny_config, examples):
   empty = {k: np.zeros_like(v) for k, v in batch.items()}
   total, count = trainer.eval_step(state.params, sharding.global_batch(empty, trainer.batch_sharding))
   assert float(total) == 0.0 and float(count) == 0.0
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(tiny_config, examples):
+  config = tiny_config
+  config.model.compute_dtype = "bfloat16"
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  it = loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
+                             batch_size=config.train.global_batch_size, process_index=0, process_count=1, pad_id=3)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  batch = sharding.global_batch(next(it), trainer.batch_sharding)
+  logits = trainer.model.apply({"params": state.params}, batch["inputs"], batch["segment_ids"], batch["positions"])
+  assert logits.dtype == np.float32  # loss and softmax in float32
+  for _ in range(3):
+    state, metrics = trainer.train_step(state, batch)
+  assert np.isfinite(float(metrics["train/loss"]))
+  for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):
+    assert leaf.dtype in (np.float32, np.int32), leaf.dtype
+  # The matmuls really ran in bfloat16: the jaxpr of the forward pass has bfloat16 dot products.
+  jaxpr = jax.make_jaxpr(lambda p: trainer.model.apply({"params": p}, batch["inputs"], batch["segment_ids"],
+                                                       batch["positions"]))(state.params)
+  assert "bf16[" in str(jaxpr) and "dot_general" in str(jaxpr)
