@@ -68,6 +68,11 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def from_full_host_array(array: np.ndarray, target: NamedSharding) -> jax.Array:
+  """A global array from a host array that every process holds in full (validation rows, prompts)."""
+  return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
 def describe(params: Any, shardings: Any) -> list[str]:
   """One line per parameter: path, shape, PartitionSpec and bytes per device."""
   lines = []

@@ -126,11 +126,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   )
 
 
-def put_global(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
-  """A global array from a host array that every process holds in full."""
-  return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
-
-
 def _prepare_run_dir(config: ml_collections.ConfigDict, is_main: bool) -> None:
   """Creates the run dir and records config.json; refuses a relaunch whose model or data differ."""
   run_dir = config.train.run_dir
@@ -230,7 +225,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   def run_evaluation(step: int) -> float:
     batches = (
-        {k: put_global(v, trainer.batch_sharding) for k, v in batch.items()}
+        {k: sharding.from_full_host_array(v, trainer.batch_sharding) for k, v in batch.items()}
         for batch in loader.evaluation_batches(validation_rows, global_batch_size))
     result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
     writer.write(step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
@@ -293,7 +288,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       trainer.next_token, state.params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=seq_len,
       batch_size=sharding.data_parallel_size(mesh), max_new_tokens=config.eval.sample_tokens,
       eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step),
-      put=lambda array: put_global(array, trainer.batch_sharding))
+      put=lambda array: sharding.from_full_host_array(array, trainer.batch_sharding))
   sample_text = prompt + tokenizer.decode(continuations[0])
   if is_main:
     with open(os.path.join(run_dir, "samples.txt"), "a") as f:

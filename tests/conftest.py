@@ -1,6 +1,8 @@
 """Shared fixtures. Tests run on 8 simulated CPU devices, so every sharding path is exercised."""
 
 import os
+import subprocess
+import sys
 
 # Must be set before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -12,6 +14,8 @@ from configs import tiny  # noqa: E402
 from data import corpus  # noqa: E402
 from data import loader  # noqa: E402
 from data import tokenizer as tokenizer_lib  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,28 @@ def tiny_config(tmp_path):
   config = tiny.get_config()
   config.train.run_dir = str(tmp_path / "run")
   return config
+
+
+@pytest.fixture
+def train_iterator(examples):
+  """make(config) -> an endless iterator of the session examples' training batches under `config`."""
+
+  def make(config):
+    return loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
+                                 batch_size=config.train.global_batch_size, process_index=0, process_count=1,
+                                 pad_id=tokenizer_lib.PAD_ID)
+
+  return make
+
+
+@pytest.fixture
+def launch():
+  """launch(run_dir, *overrides) runs `python -m lm.launch --config configs/tiny.py` on 8 CPU devices."""
+
+  def run(run_dir, *overrides):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py", f"--config.train.run_dir={run_dir}",
+         *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+  return run

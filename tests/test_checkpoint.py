@@ -7,11 +7,6 @@ from lm import sharding
 from lm import train
 
 
-def _iterator(examples, config):
-  return loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                               batch_size=config.train.global_batch_size, process_index=0, process_count=1, pad_id=3)
-
-
 def _assert_trees_equal(a, b):
   leaves_a, tree_a = jax.tree_util.tree_flatten(a)
   leaves_b, tree_b = jax.tree_util.tree_flatten(b)
@@ -20,11 +15,11 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_round_trip_restores_state_and_data_position(tiny_config, examples, tmp_path):
+def test_round_trip_restores_state_and_data_position(tiny_config, train_iterator, tmp_path):
   config = tiny_config
   config.mesh.fsdp, config.mesh.tensor = 2, 2
   trainer = train.build(config, sharding.make_mesh(config.mesh))
-  it = _iterator(examples, config)
+  it = train_iterator(config)
   state = trainer.init_state(jax.random.PRNGKey(0))
   for _ in range(3):
     state, _ = trainer.train_step(state, sharding.global_batch(next(it), trainer.batch_sharding))
@@ -38,7 +33,7 @@ def test_round_trip_restores_state_and_data_position(tiny_config, examples, tmp_
   continued = jax.device_get(continued)
 
   # A fresh process: new checkpointer, new iterator at its start.
-  fresh_it = _iterator(examples, config)
+  fresh_it = train_iterator(config)
   reopened = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2)
   assert reopened.latest_step() == 3
   restored = reopened.restore(3, trainer.abstract_state, fresh_it)
@@ -57,10 +52,10 @@ def test_round_trip_restores_state_and_data_position(tiny_config, examples, tmp_
   checkpointer.close()
 
 
-def test_keeps_only_the_last_k(tiny_config, examples, tmp_path):
+def test_keeps_only_the_last_k(tiny_config, train_iterator, tmp_path):
   config = tiny_config
   trainer = train.build(config, sharding.make_mesh(config.mesh))
-  it = _iterator(examples, config)
+  it = train_iterator(config)
   state = trainer.init_state(jax.random.PRNGKey(0))
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=2, max_to_keep=2)
   saved = [step for step in range(1, 8) if checkpointer.save(step, state, it)]

@@ -1,13 +1,7 @@
-import os
-import subprocess
-import sys
-
 import pytest
 
 from configs import base, demo, tiny
 from lm import config as config_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("make", [base.get_config, demo.get_config, tiny.get_config])
@@ -65,22 +59,14 @@ def test_mesh_must_match_devices_and_model_must_divide_by_it():
     config_lib.validate(config, num_devices=16)
 
 
-def _launch(tmp_path, *overrides):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-      [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py",
-       f"--config.train.run_dir={tmp_path / 'run'}", *overrides],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("overrides, message", [
     (["--config.model.num_expert=4"], "num_expert"),
     (["--config.train.steps=abc"], "train.steps"),
     (["--config.data.path=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
     (["--config.train.global_batch_size=12"], "(12) is not divisible by the data-parallel size mesh.data x mesh.fsdp = 8 x 1 = 8"),
 ])
-def test_launch_rejects_bad_config_before_training(tmp_path, overrides, message):
-  result = _launch(tmp_path, *overrides)
+def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, message):
+  result = launch(tmp_path / "run", *overrides)
   assert result.returncode != 0
   assert message in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()

@@ -3,25 +3,25 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
 
 
-def _launch(run_dir, *overrides):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py", f"--config.train.run_dir={run_dir}",
-       "--config.mesh.fsdp=2", *overrides],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
+@pytest.fixture
+def launch_ok(launch):
+  """Runs lm.launch on a 4 x 2 (data x fsdp) mesh, asserts success and returns its stdout."""
+
+  def run(run_dir, *overrides):
+    result = launch(run_dir, "--config.mesh.fsdp=2", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+  return run
 
 
-def test_demo_path_runs_end_to_end_and_resumes(tmp_path):
+def test_demo_path_runs_end_to_end_and_resumes(launch_ok, tmp_path):
   run_dir = tmp_path / "run"
-  out = _launch(run_dir)
+  out = launch_ok(run_dir)
   assert "mesh {'data': 4, 'fsdp': 2, 'tensor': 1}" in out
   assert "tokenizer trained" in out
   assert re.search(r"step +20/20 +loss [\d.]+ .*tokens/s [\d,]+ +mfu [\d.]+% +eta", out)
@@ -42,23 +42,20 @@ def test_demo_path_runs_end_to_end_and_resumes(tmp_path):
   assert "def read_config(path):" in (run_dir / "samples.txt").read_text()
 
   # Same command again: resumes, does not train again.
-  out = _launch(run_dir)
+  out = launch_ok(run_dir)
   assert "resumed from step 20" in out and "tokenizer reused" in out
   assert "step     5/20" not in out
   assert re.search(r"^final: step=20 ", out, re.M)
 
   # Longer run on the same directory continues from the checkpoint.
-  out = _launch(run_dir, "--config.train.steps=25")
+  out = launch_ok(run_dir, "--config.train.steps=25")
   assert "resumed from step 20" in out
   assert re.search(r"step +25/25", out) and "step     5/25" not in out
 
 
-def test_relaunch_with_another_model_is_refused(tmp_path):
+def test_relaunch_with_another_model_is_refused(launch_ok, launch, tmp_path):
   run_dir = tmp_path / "run"
-  _launch(run_dir, "--config.train.steps=2")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py", f"--config.train.run_dir={run_dir}",
-       "--config.model.d_model=32"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  launch_ok(run_dir, "--config.train.steps=2")
+  result = launch(run_dir, "--config.mesh.fsdp=2", "--config.model.d_model=32")
   assert result.returncode != 0
   assert "differs in model.d_model" in result.stderr

@@ -7,14 +7,6 @@ from lm import sharding
 from lm import train
 
 
-def _batch(examples, config):
-  from data import loader
-  iterator = loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                                   batch_size=config.train.global_batch_size, process_index=0, process_count=1,
-                                   pad_id=3)
-  return next(iterator)
-
-
 def _loss_and_shardings(config, mesh_shape, host_batch):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
   mesh = sharding.make_mesh(config.mesh)
@@ -25,10 +17,9 @@ def _loss_and_shardings(config, mesh_shape, host_batch):
   return float(total) / float(count), trainer, state
 
 
-def test_loss_is_the_same_under_every_mesh_shape(examples):
+def test_loss_is_the_same_under_every_mesh_shape(train_iterator):
   config = tiny.get_config()
-  config.model.vocab_size = 512
-  host_batch = _batch(examples, config)
+  host_batch = next(train_iterator(config))
   losses = {}
   for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
     losses[shape], trainer, state = _loss_and_shardings(config, shape, host_batch)
@@ -38,9 +29,9 @@ def test_loss_is_the_same_under_every_mesh_shape(examples):
     assert abs(loss - reference) / reference <= 1e-5, (shape, loss, reference)
 
 
-def test_parameters_and_optimizer_state_are_sharded_by_the_rules(examples):
+def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator):
   config = tiny.get_config()
-  _, trainer, state = _loss_and_shardings(config, (2, 2, 2), _batch(examples, config))
+  _, trainer, state = _loss_and_shardings(config, (2, 2, 2), next(train_iterator(config)))
   query = state.params["blocks"]["attention"]["query"]  # [layers, embed, heads, head_dim]
   assert query.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)

@@ -6,13 +6,12 @@ from lm import sharding
 from lm import train
 
 
-def test_loss_falls_over_50_steps(tiny_config, examples):
+def test_loss_falls_over_50_steps(tiny_config, train_iterator):
   config = tiny_config
   config.train.steps = 50
   config.mesh.fsdp = 2
   trainer = train.build(config, sharding.make_mesh(config.mesh))
-  it = loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                             batch_size=config.train.global_batch_size, process_index=0, process_count=1, pad_id=3)
+  it = train_iterator(config)
   state = trainer.init_state(jax.random.PRNGKey(0))
   losses, norms = [], []
   for _ in range(50):
@@ -39,12 +38,11 @@ def test_eval_step_counts_only_masked_tokens(tiny_config, examples):
   assert float(total) == 0.0 and float(count) == 0.0
 
 
-def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(tiny_config, examples):
+def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(tiny_config, train_iterator):
   config = tiny_config
   config.model.compute_dtype = "bfloat16"
   trainer = train.build(config, sharding.make_mesh(config.mesh))
-  it = loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                             batch_size=config.train.global_batch_size, process_index=0, process_count=1, pad_id=3)
+  it = train_iterator(config)
   state = trainer.init_state(jax.random.PRNGKey(0))
   batch = sharding.global_batch(next(it), trainer.batch_sharding)
   logits = trainer.model.apply({"params": state.params}, batch["inputs"], batch["segment_ids"], batch["positions"])
