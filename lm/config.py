@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from configs import base
+from lm import sharding
 
 
 class ConfigError(ValueError):
@@ -75,11 +76,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   for key in ("data", "fsdp", "tensor"):
     _require(mesh[key] > 0 or key == "data" and mesh[key] == -1,
              f"mesh.{key} must be positive{' or -1' if key == 'data' else ''}, got {mesh[key]}")
-  fixed = mesh.fsdp * mesh.tensor * (mesh.data if mesh.data > 0 else 1)
-  _require(num_devices % fixed == 0 and (mesh.data == -1 or fixed == num_devices),
-           f"mesh.data x mesh.fsdp x mesh.tensor = {mesh.data} x {mesh.fsdp} x {mesh.tensor} does not fit "
-           f"the {num_devices} devices")
-  data_size = mesh.data if mesh.data > 0 else num_devices // fixed
+  try:
+    data_size, _, _ = sharding.mesh_shape(mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   data_parallel = data_size * mesh.fsdp
   _require(t.global_batch_size > 0, f"train.global_batch_size must be positive, got {t.global_batch_size}")
   _require(t.global_batch_size % data_parallel == 0,

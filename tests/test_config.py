@@ -52,7 +52,7 @@ def test_batch_not_divisible_by_data_parallel_size_says_both_numbers():
 def test_mesh_must_match_devices_and_model_must_divide_by_it():
   config = tiny.get_config()
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1
-  with pytest.raises(config_lib.ConfigError, match="does not fit the 8 devices"):
+  with pytest.raises(config_lib.ConfigError, match=r"mesh.data \* mesh.fsdp \* mesh.tensor = 2\*2\*1 = 4 but there are 8 devices"):
     config_lib.validate(config, num_devices=8)
   config.mesh.data, config.mesh.tensor = 1, 8
   with pytest.raises(config_lib.ConfigError, match=r"model.num_heads \(4\) is not divisible by mesh.tensor \(8\)"):
