@@ -43,7 +43,7 @@ def stdlib_source_files() -> list[str]:
   return files
 
 
-def _module_docstrings(path: str, source: str) -> str:
+def _module_docstrings(source: str) -> str:
   """The module's docstring followed by each class / function docstring, headed by its name."""
   try:
     tree = ast.parse(source)
@@ -72,7 +72,7 @@ def embedded_documents() -> Iterator[Document]:
     except (UnicodeDecodeError, OSError):
       continue
     rel = os.path.relpath(path, root)
-    doc = _module_docstrings(path, source)
+    doc = _module_docstrings(source)
     if doc:
       yield Document(id=f"docstrings:{rel}", source="docs", text=doc)
     if source.strip():
