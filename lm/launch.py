@@ -12,7 +12,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from lm import config as config_lib
@@ -28,10 +27,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # library INFO chatter (orbax, backends) only when asked for
     logging.set_verbosity(logging.WARNING)
 
-  config = _CONFIG.value
   try:
-    config_lib.validate(config, jax.device_count(), jax.process_count())
-    train.run(config)
+    train.run(_CONFIG.value)  # validates the config before building anything
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
