@@ -18,11 +18,36 @@ def get_config() -> ml_collections.ConfigDict:
   model.num_heads = 8  # query heads
   model.num_kv_heads = 8  # key/value heads; < num_heads is grouped-query attention, 1 is multi-query
   model.head_dim = 64  # width of one attention head
-  model.ffn_dim = 1536  # hidden width of the SwiGLU MLP
+  model.ffn_dim = 1536  # hidden width of the MLP (of each expert, for MoE layers)
+  model.mlp_activation = "swiglu"  # relu | gelu | relu2 (squared ReLU) | swiglu (gated SiLU: three matrices)
+  model.use_bias = False  # biases in every dense layer and in LayerNorm (GPT-2 style)
+  model.position_embedding = "rope"  # rope | learned (absolute table) | alibi (linear attention bias) | none
+  model.max_seq_len = 2048  # longest sequence: rows of the learned position table, and the decode cache limit
   model.rope_theta = 10000.0  # RoPE base wavelength
-  model.norm_eps = 1e-6  # epsilon of RMSNorm
+  model.norm_type = "rmsnorm"  # rmsnorm | layernorm
+  model.norm_position = "pre"  # pre: x + f(norm(x)) and a final norm; post: norm(x + f(x))
+  model.norm_eps = 1e-6  # epsilon of every norm
+  model.qk_norm = False  # normalise queries and keys per head (norm_type) before positions and the dot product
+  model.attention_logit_softcap = 0.0  # attention logits become c*tanh(logits/c) with this c; 0 = off
+  model.sliding_window = 0  # a 'local' layer attends to this many most recent tokens, itself included
+  model.attention_pattern = ("global",)  # kind of each layer ('global' | 'local'), repeated over depth; len divides num_layers
+  model.attention_impl = "auto"  # xla | dot_product_attention (jax.nn: cuDNN flash on GPU) | blockwise | auto
+  model.attention_block_size = 512  # query and key block of blockwise attention (the seq x seq matrix is never built)
+  model.blockwise_min_seq_len = 2048  # auto picks blockwise on CPU from this length on (dot_product_attention on GPU, xla otherwise)
+  model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
+  model.experts_per_token = 2  # top-k: experts each token is routed to
+  model.moe_every = 1  # MLP of every k-th layer (the k-th, 2k-th, ...) is MoE when num_experts > 0
+  model.capacity_factor = 1.25  # tokens an expert takes per group = factor * group tokens * top-k / experts; overflow is dropped and counted
+  model.load_balance_loss_weight = 0.01  # weight of the Switch load-balancing loss (num_experts * sum fraction_i * prob_i)
+  model.router_z_loss_weight = 0.001  # weight of the router z-loss mean(logsumexp(router logits)^2)
+  model.objective = "causal"  # causal (next-token LM) | masked (BERT-style: bidirectional, predict corrupted tokens)
+  model.masked_lm_fraction = 0.15  # masked objective: share of tokens selected for prediction
+  model.masked_lm_mask_random_keep = (0.8, 0.1, 0.1)  # masked objective: selected tokens become <mask> / a random token / stay
+  model.logits_z_loss_weight = 0.0  # weight of the output z-loss mean(logsumexp(logits)^2); 0 = off
   model.tie_embeddings = True  # output projection is the transposed input embedding
-  model.init_std = 0.02  # std of the normal init of embeddings and kernels (output projections scaled by 1/sqrt(2*num_layers))
+  model.init_scheme = "scaled_output"  # normal (all init_std) | scaled_output (residual outputs / sqrt(2*num_layers)) | fan_in (1/sqrt(fan_in))
+  model.init_std = 0.02  # std of the normal init of embeddings and kernels (normal and scaled_output schemes)
+  model.remat_policy = "none"  # activation recomputation per layer: none | full | save_matmuls (keep matmul outputs)
   model.param_dtype = "float32"  # dtype of parameters (the master weights)
   model.compute_dtype = "float32"  # dtype of matmuls and activations: float32 on CPU, bfloat16 on accelerators
 
@@ -38,17 +63,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # data-parallel mesh axis size; -1 = all devices not used by the other axes
   mesh.fsdp = 1  # fully-sharded data-parallel axis: parameters and optimizer state sharded, batch too
+  mesh.expert = 1  # expert-parallel axis: MoE experts sharded; dense layers use it as more data parallelism
   mesh.tensor = 1  # tensor-parallel axis: heads, MLP width and vocabulary sharded
   # Logical axis name -> mesh axes. Parameter axes and activation axes have separate names,
   # so that e.g. the embed dimension of weights is FSDP-sharded while that of activations is not.
   mesh.rules = (
-      ("batch", ("data", "fsdp")),
+      ("batch", ("data", "fsdp", "expert")),
       ("activation_seq", None),
       ("activation_embed", None),
       ("activation_heads", "tensor"),
       ("activation_kv_heads", "tensor"),
       ("activation_mlp", "tensor"),
       ("activation_vocab", "tensor"),
+      ("activation_expert", "expert"),
       ("layers", None),
       ("vocab", "tensor"),
       ("embed", "fsdp"),
@@ -56,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
       ("kv_heads", "tensor"),
       ("head_dim", None),
       ("mlp", "tensor"),
+      ("expert", "expert"),
   )
 
   config.optim = optim = ml_collections.ConfigDict()

@@ -1,28 +1,55 @@
-"""The SwiGLU feed-forward block."""
+"""The dense feed-forward block: ReLU, GELU, squared ReLU, or gated SiLU (SwiGLU)."""
+
+from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lm import layers
+
+ACTIVATIONS = ("relu", "gelu", "relu2", "swiglu")
+
+
+def activation(name: str, x: jnp.ndarray) -> jnp.ndarray:
+  """The elementwise nonlinearity of `model.mlp_activation` (for swiglu: the SiLU of the gate)."""
+  if name == "relu":
+    return jax.nn.relu(x)
+  if name == "gelu":
+    return jax.nn.gelu(x, approximate=True)  # the tanh form GPT-2 uses
+  if name == "relu2":
+    return jnp.square(jax.nn.relu(x))
+  if name == "swiglu":
+    return jax.nn.silu(x)
+  raise ValueError(f"unknown model.mlp_activation {name!r}; expected one of {ACTIVATIONS}")
+
+
+def is_gated(name: str) -> bool:
+  """Gated activations multiply act(gate(x)) by a second projection up(x)."""
+  return name == "swiglu"
+
 
 class Mlp(nn.Module):
-  """down(silu(gate(x)) * up(x)), no biases."""
+  """down(act(up(x))) or, gated, down(act(gate(x)) * up(x)); biases when `model.use_bias`."""
 
   cfg: ml_collections.FrozenConfigDict
 
   @nn.compact
   def __call__(self, x):
-    """x: [batch, seq, d_model] -> [batch, seq, d_model]."""
+    """x: [batch, seq, d_model] -> [batch, seq, d_model], compute dtype."""
     cfg = self.cfg
-    dtype, param_dtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
-    init = nn.initializers.normal(cfg.init_std)
-    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    d, f = cfg.d_model, cfg.ffn_dim
 
-    def dense(features, axes, kernel_init, name):
-      return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                      kernel_init=nn.with_logical_partitioning(kernel_init, axes), name=name)
+    def project(name, inputs):
+      kernel = layers.param(self, cfg, name, (d, f), ("embed", "mlp"), layers.kernel_init(cfg, d))
+      return jnp.einsum("bsd,df->bsf", inputs, kernel) + layers.bias(self, cfg, f"{name}_bias", (f,), ("mlp",))
 
-    gate = dense(cfg.ffn_dim, ("embed", "mlp"), init, "gate")(x)
-    up = dense(cfg.ffn_dim, ("embed", "mlp"), init, "up")(x)
-    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "activation_seq", "activation_mlp"))
-    return dense(cfg.d_model, ("mlp", "embed"), out_init, "down")(hidden)
+    x = x.astype(layers.dtypes(cfg)[0])
+    if is_gated(cfg.mlp_activation):
+      hidden = activation(cfg.mlp_activation, project("gate", x)) * project("up", x)
+    else:
+      hidden = activation(cfg.mlp_activation, project("up", x))
+    hidden = nn.with_logical_constraint(hidden, ("batch", "activation_seq", "activation_mlp"))
+    down = layers.param(self, cfg, "down", (f, d), ("mlp", "embed"), layers.kernel_init(cfg, f, residual_output=True))
+    return jnp.einsum("bsf,fd->bsd", hidden, down) + layers.bias(self, cfg, "down_bias", (d,), ("embed",))

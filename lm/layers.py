@@ -1,0 +1,64 @@
+"""Pieces shared by every module of the model: dtypes, initialisers, norms and dense kernels.
+
+Each parameter is created with its logical axis names (see `lm.sharding`), and its
+initialiser follows `model.init_scheme`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+
+def dtypes(cfg: ml_collections.FrozenConfigDict) -> tuple[jnp.dtype, jnp.dtype]:
+  """(compute dtype, parameter dtype) of `config.model`."""
+  return jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
+
+
+def kernel_init(cfg: ml_collections.FrozenConfigDict, fan_in: int, residual_output: bool = False):
+  """Initialiser of a matmul kernel with `fan_in` inputs under `model.init_scheme`.
+
+  residual_output marks projections that write into the residual stream (attention out,
+  MLP down), which the scaled_output scheme shrinks by 1/sqrt(2 * num_layers) so the
+  residual variance does not grow with depth.
+  """
+  if cfg.init_scheme == "fan_in":
+    return nn.initializers.normal(fan_in ** -0.5)
+  if cfg.init_scheme == "scaled_output" and residual_output:
+    return nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+  return nn.initializers.normal(cfg.init_std)
+
+
+def embedding_init(cfg: ml_collections.FrozenConfigDict):
+  """Token and position tables: N(0, init_std) under every scheme (they are looked up, not multiplied)."""
+  return nn.initializers.normal(cfg.init_std)
+
+
+def param(module: nn.Module, cfg, name: str, shape: Sequence[int], axes: Sequence[str | None], init) -> jnp.ndarray:
+  """A parameter of `module` with logical `axes`, in param dtype, returned cast to the compute dtype."""
+  dtype, param_dtype = dtypes(cfg)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), param_dtype).astype(dtype)
+
+
+def bias(module: nn.Module, cfg, name: str, shape: Sequence[int], axes: Sequence[str | None]) -> jnp.ndarray | float:
+  """A zero-initialised bias when `model.use_bias`, else 0.0 (adds nothing)."""
+  if not cfg.use_bias:
+    return 0.0
+  return param(module, cfg, name, shape, axes, nn.initializers.zeros)
+
+
+def norm(cfg: ml_collections.FrozenConfigDict, name: str, axis_name: str = "embed") -> nn.Module:
+  """RMSNorm or LayerNorm (`model.norm_type`) over the last axis, statistics in float32.
+
+  LayerNorm has a bias exactly when `model.use_bias`; its scale and bias carry `axis_name`.
+  """
+  dtype, param_dtype = dtypes(cfg)
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, (axis_name,))
+  if cfg.norm_type == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, use_bias=cfg.use_bias,
+                      scale_init=scale_init,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)), name=name)
