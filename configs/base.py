@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
       ("activation_mlp", "tensor"),
       ("activation_vocab", "tensor"),
       ("activation_expert", "expert"),
+      ("activation_batch_no_expert", ("data", "fsdp")),  # batch of expert-major MoE activations
       ("layers", None),
       ("vocab", "tensor"),
       ("embed", "fsdp"),
