@@ -21,6 +21,8 @@ MODEL_FILE = "spm.model"
 META_FILE = "tokenizer.json"
 # Special ids fixed by construction; recorded in tokenizer.json for readers of the run dir.
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+MASK_ID = 4  # the <mask> control piece: the input of corrupted tokens under the masked-LM objective
+FIRST_ORDINARY_ID = 5  # the special pieces are below; masked-LM random replacements are drawn from here on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Tokenizer:
   bos_id: int
   eos_id: int
   pad_id: int
+  mask_id: int | None  # None for tokenizers saved before <mask> existed
 
   @property
   def vocab_size(self) -> int:
@@ -64,6 +67,7 @@ def train(documents: Iterable[Document], vocab_size: int, directory: str, max_se
       eos_id=EOS_ID,
       pad_id=PAD_ID,
       # Newline is a piece of its own, so line structure costs one token, not a byte fallback.
+      control_symbols=["<mask>"],
       user_defined_symbols=["\n"],
       normalization_rule_name="identity",
       remove_extra_whitespaces=False,
@@ -81,7 +85,8 @@ def train(documents: Iterable[Document], vocab_size: int, directory: str, max_se
   with open(os.path.join(directory, MODEL_FILE), "wb") as f:
     f.write(model.getvalue())
   meta = {"vocab_size": vocab_size, "model_type": "bpe", "byte_fallback": True,
-          "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID}
+          "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
+          "mask_id": MASK_ID}
   with open(os.path.join(directory, META_FILE), "w") as f:
     json.dump(meta, f, indent=2)
   return load(directory)
@@ -96,7 +101,8 @@ def load(directory: str) -> Tokenizer:
   with open(os.path.join(directory, META_FILE)) as f:
     meta = json.load(f)
   processor = spm.SentencePieceProcessor(model_file=os.path.join(directory, MODEL_FILE))
-  return Tokenizer(processor, bos_id=meta["bos_id"], eos_id=meta["eos_id"], pad_id=meta["pad_id"])
+  return Tokenizer(processor, bos_id=meta["bos_id"], eos_id=meta["eos_id"], pad_id=meta["pad_id"],
+                   mask_id=meta.get("mask_id"))
 
 
 def train_or_load(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int) -> Tokenizer:

@@ -1,79 +1,216 @@
-"""Grouped-query self-attention with document-causal masking over packed rows."""
+"""Self-attention: multi-head, grouped-query and multi-query, with every masking and position option.
+
+Which keys a query sees is decided from four integer arrays, the same in training and in
+decoding: each query's and key's absolute index in the sequence (`q_index`, `k_index`) and
+document id (`q_segment`, `k_segment`). A key is visible when it is in the same document,
+not after the query (causal objective), and within `window` tokens (local layers).
+
+Three implementations compute the same function (`model.attention_impl`):
+  xla: the plain einsum-softmax-einsum; builds the [q_len, k_len] logits.
+  dot_product_attention: `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
+  blockwise: `lm.blockwise_attention`, which never builds the [q_len, k_len] matrix.
+"""
+
+from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from lm import layers
 from lm import positions as positions_lib
+
+IMPLEMENTATIONS = ("xla", "dot_product_attention", "blockwise", "auto")
+
+
+def attention_mask(q_index, k_index, q_segment, k_segment, *, causal: bool, window: int) -> jnp.ndarray:
+  """[batch, q_len, k_len] bool, True where query t may attend to key s.
+
+  Args:
+    q_index, q_segment: [batch, q_len] int32 absolute index and document id of each query.
+    k_index, k_segment: [batch, k_len] int32 the same for each key.
+    causal: keys after the query are hidden.
+    window: if > 0, only keys fewer than `window` positions away are visible.
+  """
+  allowed = q_segment[:, :, None] == k_segment[:, None, :]
+  distance = q_index[:, :, None] - k_index[:, None, :]
+  if causal:
+    allowed &= distance >= 0
+  if window > 0:
+    allowed &= jnp.abs(distance) < window
+  return allowed
 
 
 def document_causal_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
-  """Mask letting a token attend to earlier-or-same tokens of its own document only.
+  """[batch, 1, seq, seq] bool: causal attention within each packed document of a row."""
+  index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
+  return attention_mask(index, index, segment_ids, segment_ids, causal=True, window=0)[:, None]
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """[num_heads] float32 ALiBi slopes: the geometric sequence 2^(-8i/n), interleaved when n is not a power of 2."""
+
+  def power_of_two(n):
+    return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+  closest = 2 ** math.floor(math.log2(num_heads))
+  slopes = power_of_two(closest)
+  if closest < num_heads:
+    slopes += power_of_two(2 * closest)[0::2][:num_heads - closest]
+  return np.asarray(slopes, np.float32)
+
+
+def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
+  """Attention with the full logits matrix, softmax in float32.
 
   Args:
-    segment_ids: [batch, seq] int32; 0 marks padding, which attends only to padding.
+    q: [batch, q_len, num_heads, head_dim]; query head h uses key/value head h // (num_heads // num_kv_heads).
+    k, v: [batch, k_len, num_kv_heads, head_dim].
+    q_index, k_index, q_segment, k_segment: see `attention_mask`.
+    alibi_slopes: None or [num_heads] float32; logits -= slope * |q_index - k_index|.
+    softcap: if > 0, logits = softcap * tanh(logits / softcap) (before the ALiBi bias).
 
   Returns:
-    [batch, 1, seq, seq] bool (broadcast over heads), True where attention is allowed.
+    [batch, q_len, num_heads, head_dim], dtype of `q`.
   """
-  seq = segment_ids.shape[1]
-  causal = jnp.tril(jnp.ones((seq, seq), dtype=jnp.bool_))
-  same_document = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (causal[None] & same_document)[:, None]
-
-
-def dot_product_attention(q, k, v, mask):
-  """Softmax attention with grouped key/value heads, softmax in float32.
-
-  Args:
-    q: [batch, seq, num_heads, head_dim]
-    k, v: [batch, seq, num_kv_heads, head_dim], num_heads a multiple of num_kv_heads.
-    mask: [batch, 1, seq, seq] bool.
-
-  Returns:
-    [batch, seq, num_heads, head_dim], dtype of `q`.
-  """
-  batch, seq, num_heads, head_dim = q.shape
+  batch, q_len, num_heads, head_dim = q.shape
   num_kv_heads = k.shape[2]
+  group = num_heads // num_kv_heads
   # Query heads are grouped so each group shares one key/value head, without copying k or v.
-  q = q.reshape(batch, seq, num_kv_heads, num_heads // num_kv_heads, head_dim)
-  logits = jnp.einsum("bskgd,btkd->bkgst", q, k).astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
-  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  q = q.reshape(batch, q_len, num_kv_heads, group, head_dim)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / np.float32(np.sqrt(head_dim))
+  if softcap > 0:
+    logits = softcap * jnp.tanh(logits / softcap)
+  if alibi_slopes is not None:
+    distance = jnp.abs(q_index[:, :, None] - k_index[:, None, :]).astype(jnp.float32)  # [b, t, s]
+    slopes = jnp.asarray(alibi_slopes).reshape(num_kv_heads, group)
+    logits -= slopes[None, :, :, None, None] * distance[:, None, None]
+  mask = attention_mask(q_index, k_index, q_segment, k_segment, causal=causal, window=window)
+  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgst,btkd->bskgd", weights, v)
-  return out.reshape(batch, seq, num_heads, head_dim)
+  out = jnp.einsum("bkgts,bskd->btkgd", weights, v)
+  return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
+  """`jax.nn.dot_product_attention`: cuDNN flash attention on GPU where it applies, XLA elsewhere (same args)."""
+  if softcap > 0:
+    raise ValueError("jax.nn.dot_product_attention has no logit soft-cap")
+  mask = attention_mask(q_index, k_index, q_segment, k_segment, causal=causal, window=window)[:, None]
+  bias = None
+  if alibi_slopes is not None:
+    distance = jnp.abs(q_index[:, :, None] - k_index[:, None, :]).astype(jnp.float32)
+    bias = (-jnp.asarray(alibi_slopes)[None, :, None, None] * distance[:, None]).astype(q.dtype)
+  local_window = None
+  if window > 0:  # also in the mask; given separately so cuDNN can skip blocks outside the window
+    local_window = (window - 1, 0 if causal else window - 1)
+  # is_causal only where query i is key i (self-attention over a row); a decode step masks by index instead.
+  same_length = q.shape[1] == k.shape[1]
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal and same_length,
+                                      local_window_size=local_window if same_length else None)
+
+
+def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> str:
+  """The implementation `model.attention_impl` names, with 'auto' decided by platform and length."""
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  backend = jax.default_backend()
+  if backend == "gpu" and cfg.attention_logit_softcap == 0:
+    return "dot_product_attention"
+  if seq_len >= cfg.blockwise_min_seq_len:
+    return "blockwise"
+  return "xla"
+
+
+def attend(cfg: ml_collections.FrozenConfigDict, q, k, v, q_index, k_index, q_segment, k_segment, window: int):
+  """Dispatches to the implementation of `cfg` (arguments as `xla_attention`)."""
+  impl = resolve_impl(cfg, k.shape[1])
+  slopes = alibi_slopes(cfg.num_heads) if cfg.position_embedding == "alibi" else None
+  kwargs = dict(causal=cfg.objective == "causal", window=window, alibi_slopes=slopes,
+                softcap=cfg.attention_logit_softcap)
+  if impl == "xla":
+    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, **kwargs)
+  if impl == "dot_product_attention":
+    return jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, **kwargs)
+  if impl == "blockwise":
+    from lm import blockwise_attention  # pylint: disable=import-outside-toplevel
+    return blockwise_attention.blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment,
+                                                   block_size=cfg.attention_block_size, **kwargs)
+  raise ValueError(f"unknown model.attention_impl {impl!r}; expected one of {IMPLEMENTATIONS}")
 
 
 class Attention(nn.Module):
-  """Multi-head / grouped-query self-attention with RoPE, no biases."""
+  """Self-attention over packed rows, or one decoding step against the KV cache.
+
+  In decode mode the keys and values of every call are written into the "cache" collection
+  ([batch, cache_len, num_kv_heads, head_dim] each, plus key document ids and the write
+  index), and the queries attend over the whole cache. The cache length is the sequence
+  length of the `init` call that creates it. Local layers keep the full cache and mask by
+  window, so the cached logits match a full forward pass exactly.
+  """
 
   cfg: ml_collections.FrozenConfigDict
+  window: int = 0  # 0 = global attention, else the sliding window of this layer
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, segment_ids, positions):
     """x: [batch, seq, d_model] -> [batch, seq, d_model]; segment_ids, positions: [batch, seq] int32."""
     cfg = self.cfg
-    dtype, param_dtype = jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
-    init = nn.initializers.normal(cfg.init_std)
-    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    batch, seq = x.shape[:2]
+    d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    init = layers.kernel_init(cfg, d)
 
-    def weight(name, shape, axes, initializer):
-      return self.param(name, nn.with_logical_partitioning(initializer, axes), shape, param_dtype).astype(dtype)
+    def project(name, heads, axes):
+      kernel = layers.param(self, cfg, name, (d, heads, hd), ("embed", axes, "head_dim"), init)
+      return jnp.einsum("bsd,dhk->bshk", x, kernel) + layers.bias(self, cfg, f"{name}_bias", (heads, hd),
+                                                                    (axes, "head_dim"))
 
-    x = x.astype(dtype)
-    q = jnp.einsum("bsd,dhk->bshk", x, weight("query", (cfg.d_model, cfg.num_heads, cfg.head_dim),
-                                               ("embed", "heads", "head_dim"), init))
-    k = jnp.einsum("bsd,dhk->bshk", x, weight("key", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim),
-                                               ("embed", "kv_heads", "head_dim"), init))
-    v = jnp.einsum("bsd,dhk->bshk", x, weight("value", (cfg.d_model, cfg.num_kv_heads, cfg.head_dim),
-                                               ("embed", "kv_heads", "head_dim"), init))
+    x = x.astype(layers.dtypes(cfg)[0])
+    q, k, v = project("query", h, "heads"), project("key", kv, "kv_heads"), project("value", kv, "kv_heads")
     q = nn.with_logical_constraint(q, ("batch", "activation_seq", "activation_heads", None))
     k = nn.with_logical_constraint(k, ("batch", "activation_seq", "activation_kv_heads", None))
     v = nn.with_logical_constraint(v, ("batch", "activation_seq", "activation_kv_heads", None))
-    q = positions_lib.apply_rope(q, positions, cfg.rope_theta)
-    k = positions_lib.apply_rope(k, positions, cfg.rope_theta)
-    out = dot_product_attention(q, k, v, document_causal_mask(segment_ids))
+    if cfg.qk_norm:
+      q = layers.norm(cfg, "query_norm", "head_dim")(q)
+      k = layers.norm(cfg, "key_norm", "head_dim")(k)
+    if cfg.position_embedding == "rope":
+      q = positions_lib.apply_rope(q, positions, cfg.rope_theta)
+      k = positions_lib.apply_rope(k, positions, cfg.rope_theta)
+
+    index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    q_index, k_index, k_segment = index, index, segment_ids
+    if self.decode:
+      k, v, q_index, k_index, k_segment = self._update_cache(k, v, segment_ids)
+    out = attend(cfg, q, k, v, q_index, k_index, segment_ids, k_segment, self.window)
     out = nn.with_logical_constraint(out, ("batch", "activation_seq", "activation_heads", None))
-    return jnp.einsum("bshk,hkd->bsd", out, weight("out", (cfg.num_heads, cfg.head_dim, cfg.d_model),
-                                                    ("heads", "head_dim", "embed"), out_init))
+    out_kernel = layers.param(self, cfg, "out", (h, hd, d), ("heads", "head_dim", "embed"),
+                              layers.kernel_init(cfg, h * hd, residual_output=True))
+    return jnp.einsum("bshk,hkd->bsd", out, out_kernel) + layers.bias(self, cfg, "out_bias", (d,), ("embed",))
+
+  def _update_cache(self, k, v, segment_ids):
+    """Writes this call's keys/values at the cache index; returns the whole cache and the query/key indices."""
+    batch, seq = segment_ids.shape
+    initializing = not self.has_variable("cache", "key")
+    cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+    cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+    cached_segment = self.variable("cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
+    cache_index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if initializing:  # the init call only sizes the cache; it attends like training
+      index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+      return k, v, index, index, segment_ids
+    start = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype),
+                                                    (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
+                                                      (0, start, 0, 0))
+    cached_segment.value = jax.lax.dynamic_update_slice(cached_segment.value, segment_ids, (0, start))
+    cache_index.value = start + seq
+    cache_len = cached_key.value.shape[1]
+    q_index = jnp.broadcast_to(start + jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    k_index = jnp.broadcast_to(jnp.arange(cache_len, dtype=jnp.int32), (batch, cache_len))
+    return cached_key.value, cached_value.value, q_index, k_index, cached_segment.value

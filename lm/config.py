@@ -13,6 +13,10 @@ from typing import Any
 import ml_collections
 
 from configs import base
+from lm import attention
+from lm import mlp
+from lm import model
+from lm import objectives
 from lm import sharding
 
 
@@ -54,42 +58,99 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+  _require(value in allowed, f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """Consistency of the architecture fields of `config.model` (and data.seq_len against them)."""
+  for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim",
+              "max_seq_len", "attention_block_size", "blockwise_min_seq_len", "moe_every", "experts_per_token"):
+    _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
+  _one_of("model.mlp_activation", m.mlp_activation, mlp.ACTIVATIONS)
+  _one_of("model.position_embedding", m.position_embedding, ("rope", "learned", "alibi", "none"))
+  _one_of("model.norm_type", m.norm_type, ("rmsnorm", "layernorm"))
+  _one_of("model.norm_position", m.norm_position, ("pre", "post"))
+  _one_of("model.attention_impl", m.attention_impl, attention.IMPLEMENTATIONS)
+  _one_of("model.objective", m.objective, objectives.OBJECTIVES)
+  _one_of("model.init_scheme", m.init_scheme, ("normal", "scaled_output", "fan_in"))
+  _one_of("model.remat_policy", m.remat_policy, ("none",) + tuple(model.REMAT_POLICIES))
+  for key in ("param_dtype", "compute_dtype"):
+    _one_of(f"model.{key}", m[key], _DTYPES)
+
+  _require(m.d_model % m.num_heads == 0,
+           f"model.d_model ({m.d_model}) must be divisible by model.num_heads ({m.num_heads})")
+  _require(m.num_heads % m.num_kv_heads == 0,
+           f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})")
+  if m.position_embedding == "rope":
+    _require(m.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {m.head_dim}")
+  if m.position_embedding == "learned":
+    _require(d.seq_len <= m.max_seq_len, f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
+             "the size of the learned position table")
+
+  pattern = tuple(m.attention_pattern)
+  _require(len(pattern) > 0 and all(kind in ("global", "local") for kind in pattern),
+           f"model.attention_pattern must be a non-empty sequence of 'global' / 'local', got {pattern!r}")
+  _require(m.num_layers % len(pattern) == 0,
+           f"model.attention_pattern has {len(pattern)} entries {pattern!r}, which does not divide "
+           f"model.num_layers ({m.num_layers}); the pattern repeats over depth")
+  if "local" in pattern:
+    _require(m.sliding_window > 0, f"model.attention_pattern {pattern!r} has local layers but model.sliding_window "
+             f"is {m.sliding_window}; it must be positive")
+  _require(m.sliding_window >= 0, f"model.sliding_window must be >= 0, got {m.sliding_window}")
+  _require(m.attention_logit_softcap >= 0, f"model.attention_logit_softcap must be >= 0, got {m.attention_logit_softcap}")
+  _require(not (m.attention_impl == "dot_product_attention" and m.attention_logit_softcap > 0),
+           "model.attention_impl 'dot_product_attention' has no logit soft-cap; set model.attention_logit_softcap "
+           "to 0 or use xla / blockwise")
+
+  _require(m.num_experts >= 0, f"model.num_experts must be >= 0, got {m.num_experts}")
+  if m.num_experts > 0:
+    _require(m.experts_per_token <= m.num_experts, f"model.experts_per_token ({m.experts_per_token}) exceeds "
+             f"model.num_experts ({m.num_experts})")
+    _require(m.num_layers % m.moe_every == 0,
+             f"model.moe_every ({m.moe_every}) does not divide model.num_layers ({m.num_layers})")
+    _require(m.capacity_factor > 0, f"model.capacity_factor must be positive, got {m.capacity_factor}")
+  for key in ("load_balance_loss_weight", "router_z_loss_weight", "logits_z_loss_weight"):
+    _require(m[key] >= 0, f"model.{key} must be >= 0, got {m[key]}")
+
+  _require(0.0 < m.masked_lm_fraction <= 1.0, f"model.masked_lm_fraction must be in (0, 1], got {m.masked_lm_fraction}")
+  shares = tuple(m.masked_lm_mask_random_keep)
+  _require(len(shares) == 3 and all(x >= 0 for x in shares) and abs(sum(shares) - 1.0) < 1e-6,
+           f"model.masked_lm_mask_random_keep must be three shares >= 0 summing to 1, got {shares!r}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Raises ConfigError naming the offending key if `config` cannot start a run on `num_devices` devices."""
   _check_against_base(config, base.get_config(), "")
   m, d, mesh, t = config.model, config.data, config.mesh, config.train
 
-  for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim"):
-    _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
-  _require(m.num_heads % m.num_kv_heads == 0,
-           f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})")
-  _require(m.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {m.head_dim}")
-  for key in ("param_dtype", "compute_dtype"):
-    _require(m[key] in _DTYPES, f"model.{key} must be one of {_DTYPES}, got {m[key]!r}")
-
+  _validate_model(m, d)
   if d.path:
     _require(os.path.exists(d.path), f"data.path does not exist: {d.path!r}")
   _require(d.seq_len > 0, f"data.seq_len must be positive, got {d.seq_len}")
   _require(0.0 < d.validation_fraction < 1.0, f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
   _require(d.num_packing_bins > 0, f"data.num_packing_bins must be positive, got {d.num_packing_bins}")
 
-  for key in ("data", "fsdp", "tensor"):
+  for key in ("data", "fsdp", "expert", "tensor"):
     _require(mesh[key] > 0 or key == "data" and mesh[key] == -1,
              f"mesh.{key} must be positive{' or -1' if key == 'data' else ''}, got {mesh[key]}")
   try:
-    data_size, _, _ = sharding.mesh_shape(mesh, num_devices)
+    data_size, _, _, _ = sharding.mesh_shape(mesh, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  data_parallel = data_size * mesh.fsdp
+  data_parallel = data_size * mesh.fsdp * mesh.expert
   _require(t.global_batch_size > 0, f"train.global_batch_size must be positive, got {t.global_batch_size}")
   _require(t.global_batch_size % data_parallel == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the data-parallel size "
-           f"mesh.data x mesh.fsdp = {data_size} x {mesh.fsdp} = {data_parallel}")
+           f"mesh.data x mesh.fsdp x mesh.expert = {data_size} x {mesh.fsdp} x {mesh.expert} = {data_parallel}")
   _require(t.global_batch_size % process_count == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the {process_count} processes")
   for key in ("num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
     _require(m[key] % mesh.tensor == 0, f"model.{key} ({m[key]}) is not divisible by mesh.tensor ({mesh.tensor})")
   _require(m.d_model % mesh.fsdp == 0, f"model.d_model ({m.d_model}) is not divisible by mesh.fsdp ({mesh.fsdp})")
+  if m.num_experts > 0:
+    _require(m.num_experts % mesh.expert == 0,
+             f"model.num_experts ({m.num_experts}) is not divisible by mesh.expert ({mesh.expert})")
 
   _require(t.steps > 0, f"train.steps must be positive, got {t.steps}")
   _require(t.run_dir != "", "train.run_dir must name a directory")

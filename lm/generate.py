@@ -1,16 +1,45 @@
-"""Sampling continuations of a prompt (greedy, temperature, top-k).
+"""Decoding: the KV cache, and sampling continuations of a prompt (greedy, temperature, top-k).
 
-This simple sampler recomputes the whole fixed-length window for each new token; the
-compiled step is shared by all tokens, as the window shape never changes.
+`init_cache` and `decode` run the model incrementally: a prompt is written into the cache
+in one call (prefill), then each new token costs one call over the cached keys/values.
+`sample` is the simple fixed-window sampler used at the end of training; it recomputes
+the whole window for each token, so its one compiled step serves every position.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Any:
+  """Zeroed KV cache of `model` for `batch_size` rows of up to `max_len` tokens (shapes only, no params built).
+
+  Per layer group: "key"/"value" [num_groups, batch, max_len, num_kv_heads, head_dim] in
+  compute dtype, "segment_ids" [num_groups, batch, max_len] and the write "index" [num_groups].
+  """
+  tokens = jnp.zeros((batch_size, max_len), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch_size, max_len))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens + 1, positions, decode=True))
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def decode(model: nn.Module, params: Any, cache: Any, tokens: jax.Array, start: jax.Array) -> tuple[jax.Array, Any]:
+  """Runs `tokens` [batch, t] int32, at positions start .. start + t - 1 of one document per row, through the cache.
+
+  Returns:
+    logits [batch, t, vocab] float32 (the same as a full forward pass over the whole prefix)
+    and the updated cache.
+  """
+  batch, length = tokens.shape
+  positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+  (logits, _), mutated = model.apply({"params": params, "cache": cache}, tokens, jnp.ones_like(tokens), positions,
+                                     decode=True, mutable=["cache"])
+  return logits, mutated["cache"]
 
 
 def make_next_token_fn(forward: Callable, temperature: float, top_k: int) -> Callable:

@@ -1,8 +1,9 @@
 """The device mesh, logical-axis rules and the shardings of state and batches.
 
-The mesh has axes (data, fsdp, tensor) with sizes from `config.mesh`. Parameters carry
-logical axis names (see `lm.model`); `config.mesh.rules` maps those names to mesh axes.
-Batches are split over (data, fsdp).
+The mesh has axes (data, fsdp, expert, tensor) with sizes from `config.mesh`. Parameters
+carry logical axis names (see `lm.model`); `config.mesh.rules` maps those names to mesh
+axes. Batches are split over (data, fsdp, expert): the expert axis shards MoE experts and
+is one more data-parallel axis everywhere else.
 """
 
 from __future__ import annotations
@@ -16,26 +17,27 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("batch", "activation_seq")  # logical axes of every [batch, seq] input array
 
 
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) sizes, resolving data = -1 to the devices left over.
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int, int]:
+  """(data, fsdp, expert, tensor) sizes, resolving data = -1 to the devices left over.
 
   Raises:
     ValueError: the sizes do not multiply to `num_devices` (names the config keys).
   """
-  fsdp, tensor = mesh_config.fsdp, mesh_config.tensor
+  fsdp, expert, tensor = mesh_config.fsdp, mesh_config.expert, mesh_config.tensor
+  others = fsdp * expert * tensor
   data = mesh_config.data
   if data == -1:
-    if num_devices % (fsdp * tensor):
-      raise ValueError(f"mesh.fsdp * mesh.tensor = {fsdp * tensor} does not divide the {num_devices} devices")
-    data = num_devices // (fsdp * tensor)
-  if data * fsdp * tensor != num_devices:
-    raise ValueError(f"mesh.data * mesh.fsdp * mesh.tensor = {data}*{fsdp}*{tensor} = {data * fsdp * tensor} "
-                     f"but there are {num_devices} devices")
-  return data, fsdp, tensor
+    if num_devices % others:
+      raise ValueError(f"mesh.fsdp * mesh.expert * mesh.tensor = {others} does not divide the {num_devices} devices")
+    data = num_devices // others
+  if data * others != num_devices:
+    raise ValueError(f"mesh.data * mesh.fsdp * mesh.expert * mesh.tensor = {data}*{fsdp}*{expert}*{tensor} = "
+                     f"{data * others} but there are {num_devices} devices")
+  return data, fsdp, expert, tensor
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -60,7 +62,7 @@ def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   """Devices that each take a distinct slice of the batch."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

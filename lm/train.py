@@ -31,6 +31,7 @@ from lm import evaluate as evaluate_lib
 from lm import generate as generate_lib
 from lm import metrics as metrics_lib
 from lm import model as model_lib
+from lm import objectives
 from lm import optim
 from lm import sharding
 
@@ -44,11 +45,23 @@ class TrainState:
 
 
 def token_losses(params, model: nn.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """(summed next-token cross-entropy in nats over loss_mask, number of target tokens), float32 scalars."""
-  logits = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # [batch, seq] float32
-  mask = batch["loss_mask"].astype(jnp.float32)
-  return jnp.sum(losses * mask), jnp.sum(mask)
+  """(summed cross-entropy in nats over loss_mask, number of target tokens), float32 scalars.
+
+  `batch` is already prepared for the objective (see `objectives.prepare_batch`).
+  """
+  logits, _ = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
+  sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"])
+  return sums["cross_entropy"], sums["tokens"]
+
+
+def moe_metrics(moe: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Scalars logged for MoE models: auxiliary losses, dropped share and the busiest expert's load."""
+  if not moe:
+    return {}
+  return {"train/moe_load_balance_loss": moe["load_balance_loss"], "train/moe_router_z_loss": moe["router_z_loss"],
+          "train/moe_dropped_tokens": moe["dropped_tokens"],
+          "train/moe_dropped_fraction": moe["dropped_tokens"] / jnp.maximum(moe["routed_tokens"], 1.0),
+          "train/moe_max_expert_load": jnp.max(moe["expert_load"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,19 +102,31 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    def loss_fn(params):
-      total, count = token_losses(params, model, batch)
-      return total / jnp.maximum(count, 1.0), count
+    rng = jax.random.fold_in(state.rng, state.step)
+    batch = objectives.prepare_batch(batch, config.model, rng)
 
-    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      logits, moe = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
+      sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"])
+      return objectives.total_loss(sums, moe, config.model), (sums, moe)
+
+    (loss, (sums, moe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-               "train/learning_rate": schedule(state.step), "train/target_tokens": count}
+    tokens = jnp.maximum(sums["tokens"], 1.0)
+    metrics = {"train/loss": sums["cross_entropy"] / tokens, "train/total_loss": loss,
+               "train/logits_z_loss": sums["logits_z"] / tokens, "train/grad_norm": optax.global_norm(grads),
+               "train/learning_rate": schedule(state.step), "train/target_tokens": sums["tokens"],
+               **moe_metrics(moe)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+  def eval_step(params, batch):
+    # A fixed corruption for the masked objective, so every evaluation scores the same positions.
+    batch = objectives.prepare_batch(batch, config.model, jax.random.PRNGKey(config.data.split_seed))
+    return token_losses(params, model, batch)
+
   def forward(params, inputs, segment_ids, positions):
-    return model.apply({"params": params}, inputs, segment_ids, positions)
+    return model.apply({"params": params}, inputs, segment_ids, positions)[0]
 
   def in_context(fn):
     """`fn` called inside the mesh and logical-rule context that tracing the model needs."""
@@ -118,7 +143,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
       init_state=in_context(jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings)),
       train_step=in_context(jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                                     out_shardings=(state_shardings, replicated), donate_argnums=0)),
-      eval_step=in_context(jax.jit(lambda params, batch: token_losses(params, model, batch),
+      eval_step=in_context(jax.jit(eval_step,
                                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
       next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
                                     out_shardings=replicated)),
@@ -187,6 +212,17 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
                  loader.unigram_entropy(validation_rows, config.model.vocab_size))
 
 
+def _sample(config, trainer: Trainer, params, tokenizer: tokenizer_lib.Tokenizer, step: int) -> str:
+  """The fixed prompt and one sampled continuation of it."""
+  prompt = config.eval.sample_prompt
+  continuations = generate_lib.sample(
+      trainer.next_token, params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=config.data.seq_len,
+      batch_size=sharding.data_parallel_size(trainer.mesh), max_new_tokens=config.eval.sample_tokens,
+      eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step),
+      put=lambda array: sharding.from_full_host_array(array, trainer.batch_sharding))
+  return prompt + tokenizer.decode(continuations[0])
+
+
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run of `config`; returns the final step, validation loss and sample."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -198,6 +234,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"{jax.process_count()} process(es); run dir {run_dir}")
   data = prepare_data(config, run_dir)
   tokenizer, validation_rows = data.tokenizer, data.validation_rows
+  if config.model.objective == "masked" and tokenizer.mask_id != tokenizer_lib.MASK_ID:
+    raise config_lib.ConfigError(f"model.objective 'masked' needs a tokenizer with a <mask> piece (id "
+                                 f"{tokenizer_lib.MASK_ID}); the one in {run_dir}/tokenizer has none: use a new run dir")
   seq_len, global_batch_size = config.data.seq_len, config.train.global_batch_size
 
   data_iterator = loader.train_iterator(
@@ -282,20 +321,15 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   checkpointer.wait()
   checkpointer.close()
 
-  # A sampled continuation of the fixed prompt.
-  prompt = config.eval.sample_prompt
-  continuations = generate_lib.sample(
-      trainer.next_token, state.params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=seq_len,
-      batch_size=sharding.data_parallel_size(mesh), max_new_tokens=config.eval.sample_tokens,
-      eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step),
-      put=lambda array: sharding.from_full_host_array(array, trainer.batch_sharding))
-  sample_text = prompt + tokenizer.decode(continuations[0])
-  if is_main:
-    with open(os.path.join(run_dir, "samples.txt"), "a") as f:
-      f.write(f"=== step {step}\n{sample_text}\n")
-    writer.write_text(step, "samples", sample_text)
+  sample_text = ""
+  if config.model.objective == "causal":  # a masked-LM model does not continue text
+    sample_text = _sample(config, trainer, state.params, tokenizer, step)
+    if is_main:
+      with open(os.path.join(run_dir, "samples.txt"), "a") as f:
+        f.write(f"=== step {step}\n{sample_text}\n")
+      writer.write_text(step, "samples", sample_text)
+    _log(f"sample (step {step}):\n{sample_text}\n")
   writer.close()
-  _log(f"sample (step {step}):\n{sample_text}\n")
   _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={data.unigram_entropy:.4f}")
   return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": sample_text,
           "resumed_from": latest}

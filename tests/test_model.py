@@ -1,11 +1,16 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import tiny
+from lm import attention
+from lm import generate
+from lm import mlp
 from lm import model as model_lib
+from lm import positions as positions_lib
 from lm.attention import document_causal_mask
 
 
@@ -23,36 +28,89 @@ def _inputs(batch=2, seq=16, vocab=512, seed=0):
   return tokens, segment_ids, positions
 
 
+def _init(model, seq=16, seed=0):
+  tokens, seg, pos = _inputs(seq=seq)
+  return model.init(jax.random.PRNGKey(seed), tokens, seg, pos)["params"]
+
+
+def _logits(model, params, tokens, seg=None, pos=None):
+  batch, seq = tokens.shape
+  seg = jnp.ones((batch, seq), jnp.int32) if seg is None else seg
+  pos = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)) if pos is None else pos
+  return np.asarray(model.apply({"params": params}, tokens, seg, pos)[0])
+
+
+# Each attention-affecting option, alone; used by the masking, implementation and KV-cache tests.
+VARIANTS = {
+    "multi_head": dict(num_kv_heads=4),
+    "grouped_query": dict(num_kv_heads=2),
+    "multi_query": dict(num_kv_heads=1),
+    "local": dict(attention_pattern=("local",), sliding_window=5),
+    "local_global": dict(attention_pattern=("local", "global"), sliding_window=5),
+    "alibi": dict(position_embedding="alibi"),
+    "learned": dict(position_embedding="learned", max_seq_len=64),
+    "no_positions": dict(position_embedding="none"),
+    "qk_norm": dict(qk_norm=True),
+    "softcap": dict(attention_logit_softcap=2.0),
+    "post_layernorm_bias": dict(norm_type="layernorm", norm_position="post", use_bias=True),
+    "moe": dict(num_experts=4, experts_per_token=2, capacity_factor=8.0),
+}
+
+
 def test_logits_shape_and_dtype():
   model, cfg = _model()
   tokens, seg, pos = _inputs()
-  params = model.init(jax.random.PRNGKey(0), tokens, seg, pos)["params"]
-  logits = model.apply({"params": params}, tokens, seg, pos)
-  assert logits.shape == (2, 16, cfg.vocab_size) and logits.dtype == jnp.float32
+  params = _init(model)
+  logits, aux = model.apply({"params": params}, tokens, seg, pos)
+  assert logits.shape == (2, 16, cfg.vocab_size) and logits.dtype == jnp.float32 and aux == {}
   assert np.isfinite(np.asarray(logits)).all()
 
 
 def test_every_parameter_has_logical_axis_names():
-  model, cfg = _model(tie_embeddings=False)
+  model, cfg = _model(tie_embeddings=False, num_experts=4, moe_every=2, attention_pattern=("local", "global"),
+                      sliding_window=4)
   tokens, seg, pos = _inputs()
   boxed = model.init(jax.random.PRNGKey(0), tokens, seg, pos)["params"]
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   for leaf in leaves:
-    assert len(leaf.names) == leaf.value.ndim and all(isinstance(n, str) for n in leaf.names)
+    assert len(leaf.names) == leaf.value.ndim
   names = {p.names for p in leaves}
   assert ("layers", "embed", "kv_heads", "head_dim") in names  # scanned GQA key/value kernels
   assert ("embed", "vocab") in names  # untied output projection
-  key = boxed["blocks"]["attention"]["key"].value
-  assert key.shape == (cfg.num_layers, cfg.d_model, cfg.num_kv_heads, cfg.head_dim)
+  assert ("layers", "expert", "embed", "mlp") in names  # MoE expert kernels
+  # Two layers form one scanned group: layer_0 local and dense, layer_1 global and MoE.
+  assert set(boxed["blocks"]) == {"layer_0", "layer_1"}
+  assert "mlp" in boxed["blocks"]["layer_0"] and "moe" in boxed["blocks"]["layer_1"]
+  key = boxed["blocks"]["layer_0"]["attention"]["key"].value
+  assert key.shape == (cfg.num_layers // 2, cfg.d_model, cfg.num_kv_heads, cfg.head_dim)
+
+
+def _count(model):
+  return sum(x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(_init(model))))
 
 
 def test_tied_embeddings_have_no_output_matrix():
   tied, _ = _model(tie_embeddings=True)
   untied, cfg = _model(tie_embeddings=False)
-  tokens, seg, pos = _inputs()
-  count = lambda m: sum(x.size for x in jax.tree_util.tree_leaves(nn.meta.unbox(m.init(jax.random.PRNGKey(0), tokens, seg, pos))))
-  assert count(untied) - count(tied) == cfg.vocab_size * cfg.d_model
+  assert _count(untied) - _count(tied) == cfg.vocab_size * cfg.d_model
+
+
+def test_parameter_counts_of_options():
+  base, cfg = _model()
+  d, f, layers = cfg.d_model, cfg.ffn_dim, cfg.num_layers
+  gelu, _ = _model(mlp_activation="gelu")
+  assert _count(base) - _count(gelu) == layers * d * f  # SwiGLU has a third (gate) matrix
+  learned, _ = _model(position_embedding="learned", max_seq_len=100)
+  assert _count(learned) - _count(base) == 100 * d
+  post, _ = _model(norm_position="post")
+  assert _count(base) - _count(post) == d  # no final norm after post-norm blocks
+  layernorm, _ = _model(norm_type="layernorm", use_bias=True, mlp_activation="gelu")
+  h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  biases = layers * ((h + 2 * kv) * hd + d + f + d + 2 * d) + d  # q/k/v, out, up, down, 2 norms; final norm
+  assert _count(layernorm) - _count(gelu) == biases
+  qk, _ = _model(qk_norm=True)
+  assert _count(qk) - _count(base) == layers * 2 * hd
 
 
 def test_document_causal_mask():
@@ -67,24 +125,239 @@ def test_document_causal_mask():
   np.testing.assert_array_equal(mask, expected)
 
 
-@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
-def test_attention_never_crosses_documents_and_is_causal(num_kv_heads):
-  model, cfg = _model(num_kv_heads=num_kv_heads)
+def test_sliding_window_mask():
+  index = jnp.arange(6)[None]
+  seg = jnp.ones((1, 6), jnp.int32)
+  mask = np.asarray(attention.attention_mask(index, index, seg, seg, causal=True, window=3))[0]
+  for t in range(6):
+    np.testing.assert_array_equal(np.nonzero(mask[t])[0], np.arange(max(0, t - 2), t + 1))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_attention_never_crosses_documents_and_is_causal(variant):
+  model, cfg = _model(**VARIANTS[variant])
   a = jax.random.randint(jax.random.PRNGKey(1), (10,), 0, cfg.vocab_size)
   b = jax.random.randint(jax.random.PRNGKey(2), (6,), 0, cfg.vocab_size)
   b_other = jax.random.randint(jax.random.PRNGKey(3), (6,), 0, cfg.vocab_size)
   seg = jnp.array([[1] * 10 + [2] * 6])
   pos = jnp.array([list(range(10)) + list(range(6))])
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32), seg, pos)["params"]
-  packed = model.apply({"params": params}, jnp.concatenate([a, b])[None], seg, pos)
-  swapped = model.apply({"params": params}, jnp.concatenate([a, b_other])[None], seg, pos)
+  params = _init(model)
+  packed = _logits(model, params, jnp.concatenate([a, b])[None], seg, pos)
+  swapped = _logits(model, params, jnp.concatenate([a, b_other])[None], seg, pos)
   # Document 1's logits do not see document 2, whatever it holds.
   np.testing.assert_allclose(packed[0, :10], swapped[0, :10], rtol=1e-5, atol=1e-5)
-  # Document 2 packed after document 1 gives the same logits as document 2 alone.
-  alone = model.apply({"params": params}, b[None], jnp.ones((1, 6), jnp.int32), jnp.arange(6)[None])
-  np.testing.assert_allclose(packed[0, 10:], alone[0], rtol=1e-4, atol=1e-4)
+  if variant != "moe":  # routing capacity is per row, so MoE outputs may depend on the row's other tokens
+    # Document 2 packed after document 1 gives the same logits as document 2 alone.
+    alone = _logits(model, params, b[None], jnp.ones((1, 6), jnp.int32), jnp.arange(6)[None])
+    np.testing.assert_allclose(packed[0, 10:], alone[0], rtol=1e-4, atol=1e-4)
   # Causality: changing the last token of document 1 leaves earlier logits unchanged.
   changed = jnp.concatenate([a.at[9].set((a[9] + 1) % cfg.vocab_size), b])[None]
-  later = model.apply({"params": params}, changed, seg, pos)
+  later = _logits(model, params, changed, seg, pos)
   np.testing.assert_allclose(packed[0, :9], later[0, :9], rtol=1e-5, atol=1e-5)
   assert not np.allclose(packed[0, 9], later[0, 9])
+
+
+def test_sliding_window_hides_tokens_beyond_the_window():
+  # Two local layers of window 4: position t sees tokens t-6 .. t (3 back per layer), nothing earlier.
+  model, cfg = _model(attention_pattern=("local",), sliding_window=4)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 20), 0, cfg.vocab_size)
+  params = _init(model)
+  base = _logits(model, params, tokens)
+  far = _logits(model, params, tokens.at[0, 5].set((tokens[0, 5] + 1) % cfg.vocab_size))
+  np.testing.assert_allclose(base[0, 12:], far[0, 12:], rtol=1e-5, atol=1e-5)  # 12 - 5 = 7 > 6
+  assert not np.allclose(base[0, 11], far[0, 11])  # 11 - 5 = 6: still in view
+  # With the second layer global, the change reaches every later position.
+  mixed, _ = _model(attention_pattern=("local", "global"), sliding_window=4)
+  params = _init(mixed)
+  base = _logits(mixed, params, tokens)
+  far = _logits(mixed, params, tokens.at[0, 5].set((tokens[0, 5] + 1) % cfg.vocab_size))
+  assert not np.allclose(base[0, 19], far[0, 19])
+
+
+@pytest.mark.parametrize("position_embedding", ["rope", "alibi", "none"])
+def test_relative_positions_are_invariant_to_an_offset(position_embedding):
+  model, cfg = _model(position_embedding=position_embedding)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 12), 0, cfg.vocab_size)
+  params = _init(model)
+  positions = jnp.arange(12)[None]
+  base = _logits(model, params, tokens, pos=positions)
+  shifted = _logits(model, params, tokens, pos=positions + 37)
+  np.testing.assert_allclose(base, shifted, rtol=1e-4, atol=1e-4)
+
+
+def test_learned_positions_are_absolute():
+  model, cfg = _model(position_embedding="learned", max_seq_len=64)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 12), 0, cfg.vocab_size)
+  params = _init(model)
+  base = _logits(model, params, tokens, pos=jnp.arange(12)[None])
+  shifted = _logits(model, params, tokens, pos=jnp.arange(12)[None] + 37)
+  assert not np.allclose(base, shifted, atol=1e-3)
+
+
+def test_rope_attention_score_depends_only_on_distance():
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 16))
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 16))
+
+  def score(pq, pk):
+    rq = positions_lib.apply_rope(q, jnp.array([[pq]]), 10000.0)
+    rk = positions_lib.apply_rope(k, jnp.array([[pk]]), 10000.0)
+    return float(jnp.sum(rq * rk))
+
+  assert abs(score(7, 3) - score(107, 103)) < 1e-4
+  assert abs(score(7, 3) - score(7, 5)) > 1e-3
+
+
+def test_alibi_slopes_and_distance_penalty():
+  np.testing.assert_allclose(attention.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
+  assert len(attention.alibi_slopes(12)) == 12
+  # Identical keys and values except at distance: the nearer key gets the larger weight.
+  q = jnp.ones((1, 1, 1, 4))
+  k = jnp.ones((1, 3, 1, 4))
+  v = jnp.eye(3)[None, :, None, :].astype(jnp.float32)[..., :3]
+  v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, 1)))
+  out = attention.xla_attention(q, k, v, jnp.array([[2]]), jnp.arange(3)[None], jnp.ones((1, 1), jnp.int32),
+                                jnp.ones((1, 3), jnp.int32), causal=True, window=0,
+                                alibi_slopes=np.array([0.5], np.float32), softcap=0.0)
+  weights = np.asarray(out[0, 0, 0, :3])
+  np.testing.assert_allclose(weights, np.exp([-1.0, -0.5, 0.0]) / np.exp([-1.0, -0.5, 0.0]).sum(), rtol=1e-5)
+
+
+def test_qk_norm_makes_attention_invariant_to_query_and_key_scale():
+  for qk_norm in (True, False):
+    model, cfg = _model(qk_norm=qk_norm)
+    tokens, seg, pos = _inputs(batch=1)
+    params = _init(model)
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 10.0 if "query" in jax.tree_util.keystr(path) and "norm" not in jax.tree_util.keystr(path)
+        else x, params)
+    same = np.allclose(_logits(model, params, tokens), _logits(model, scaled, tokens), rtol=1e-4, atol=1e-4)
+    assert same == qk_norm
+
+
+def test_softcap_bounds_attention_logits():
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 1, 8)) * 100.0
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 1, 8)) * 100.0
+  v = jnp.eye(4)[None, :, None, :]
+  v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, 4)))
+  index, seg = jnp.arange(4)[None], jnp.ones((1, 4), jnp.int32)
+  out = attention.xla_attention(q, k, v, index, index, seg, seg, causal=False, window=0, alibi_slopes=None,
+                                softcap=1.5)
+  weights = np.asarray(out[0, :, 0, :4])  # rows: queries, columns: attention weight of each key
+  # Capped logits lie in (-1.5, 1.5), so within a row no weight exceeds another by more than e^3.
+  assert (weights.max(-1) / weights.min(-1)).max() <= np.exp(2 * 1.5) * (1 + 1e-4)
+  uncapped = attention.xla_attention(q, k, v, index, index, seg, seg, causal=False, window=0, alibi_slopes=None,
+                                     softcap=0.0)
+  assert np.asarray(uncapped[0, :, 0, :4]).min() < 1e-6
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "relu2", "swiglu"])
+def test_mlp_activations(activation):
+  model, cfg = _model(mlp_activation=activation)
+  module = mlp.Mlp(ml_collections.FrozenConfigDict(cfg))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, cfg.d_model))
+  params = nn.meta.unbox(module.init(jax.random.PRNGKey(1), x))["params"]
+  act = {"relu": lambda h: np.maximum(h, 0), "relu2": lambda h: np.maximum(h, 0) ** 2,
+         "gelu": lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))),
+         "swiglu": lambda h: h / (1 + np.exp(-h))}[activation]
+  xs = np.asarray(x, np.float64)
+  hidden = act(xs @ np.asarray(params["gate" if activation == "swiglu" else "up"], np.float64))
+  if activation == "swiglu":
+    hidden = hidden * (xs @ np.asarray(params["up"], np.float64))
+  expected = hidden @ np.asarray(params["down"], np.float64)
+  np.testing.assert_allclose(np.asarray(module.apply({"params": params}, x)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_post_norm_blocks_emit_normalised_activations():
+  _, cfg = _model(norm_type="layernorm", norm_position="post")
+  block = model_lib.Block(ml_collections.FrozenConfigDict(cfg))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, cfg.d_model)) * 5.0 + 3.0
+  seg = jnp.ones((2, 8), jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  variables = block.init(jax.random.PRNGKey(1), x, seg, pos)
+  y, _ = block.apply(variables, x, seg, pos)
+  np.testing.assert_allclose(np.asarray(y).mean(-1), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(y).std(-1), 1.0, atol=1e-2)
+  _, pre_cfg = _model(norm_type="layernorm", norm_position="pre")
+  pre = model_lib.Block(ml_collections.FrozenConfigDict(pre_cfg))
+  y_pre, _ = pre.apply(pre.init(jax.random.PRNGKey(1), x, seg, pos), x, seg, pos)
+  assert np.asarray(y_pre).std(-1).min() > 3.0  # pre-norm leaves the residual stream's scale (5) as it is
+
+
+@pytest.mark.parametrize("scheme", ["normal", "scaled_output", "fan_in"])
+def test_init_schemes(scheme):
+  model, cfg = _model(init_scheme=scheme, d_model=256, num_heads=4, head_dim=64, ffn_dim=512, num_layers=8,
+                      init_std=0.02)
+  params = nn.meta.unbox(_init(model))
+  layer = params["blocks"]["layer_0"]
+  query_std, out_std = float(np.std(layer["attention"]["query"])), float(np.std(layer["mlp"]["down"]))
+  expected_query = {"normal": 0.02, "scaled_output": 0.02, "fan_in": 256 ** -0.5}[scheme]
+  expected_out = {"normal": 0.02, "scaled_output": 0.02 / 4.0, "fan_in": 512 ** -0.5}[scheme]
+  assert abs(query_std / expected_query - 1) < 0.05 and abs(out_std / expected_out - 1) < 0.05
+
+
+@pytest.mark.parametrize("policy", ["full", "save_matmuls"])
+def test_remat_policies_give_the_same_gradients(policy):
+  tokens, seg, pos = _inputs()
+  grads = {}
+  for name in ("none", policy):
+    model, _ = _model(remat_policy=name)
+    params = _init(model)
+    loss = lambda p, m=model: jnp.mean(m.apply({"params": p}, tokens, seg, pos)[0] ** 2)
+    grads[name] = jax.grad(loss)(params)
+  for a, b in zip(jax.tree_util.tree_leaves(grads["none"]), jax.tree_util.tree_leaves(grads[policy])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_remat_is_in_the_compiled_backward():
+  tokens, seg, pos = _inputs()
+  texts = {}
+  for name in ("none", "full"):
+    model, _ = _model(remat_policy=name)
+    params = _init(model)
+    texts[name] = str(jax.make_jaxpr(jax.grad(lambda p, m=model: jnp.sum(m.apply({"params": p}, tokens, seg,
+                                                                                   pos)[0])))(params))
+  assert "remat" in texts["full"] and "remat" not in texts["none"]
+
+
+@pytest.mark.parametrize("variant", ["grouped_query", "local", "alibi", "softcap", "post_layernorm_bias"])
+def test_attention_implementations_agree(variant):
+  tokens, seg, pos = _inputs(seq=40)
+  seg = seg.at[:, 25:].set(2)  # two documents per row
+  pos = pos.at[:, 25:].set(jnp.arange(15))
+  outputs = {}
+  for impl in ("xla", "dot_product_attention", "blockwise"):
+    if impl == "dot_product_attention" and variant == "softcap":
+      continue
+    model, _ = _model(attention_impl=impl, attention_block_size=16, **VARIANTS[variant])
+    params = _init(model)  # the same seed: the same parameters for every implementation
+    outputs[impl] = _logits(model, params, tokens, seg, pos)
+  for impl, logits in outputs.items():
+    np.testing.assert_allclose(logits, outputs["xla"], rtol=1e-4, atol=1e-4, err_msg=impl)
+
+
+def test_auto_implementation_picks_blockwise_for_long_sequences_on_cpu():
+  _, cfg = _model(attention_impl="auto", blockwise_min_seq_len=1024)
+  assert attention.resolve_impl(cfg, 512) == "xla"
+  assert attention.resolve_impl(cfg, 1024) == "blockwise"
+
+
+KV_CACHE_VARIANTS = dict(VARIANTS, blockwise=dict(attention_impl="blockwise", attention_block_size=8),
+                         jax_nn=dict(attention_impl="dot_product_attention", num_kv_heads=2))
+
+
+@pytest.mark.parametrize("variant", sorted(KV_CACHE_VARIANTS))
+def test_kv_cache_decoding_matches_the_full_forward_pass(variant):
+  model, cfg = _model(**KV_CACHE_VARIANTS[variant])
+  batch, total, prompt = 2, 14, 5
+  tokens, _, _ = _inputs(batch=batch, seq=total, seed=3)
+  params = _init(model)
+  full = _logits(model, params, tokens)
+  cache = generate.init_cache(model, batch, max_len=16)
+  decode = jax.jit(lambda p, c, t, s: generate.decode(model, p, c, t, s))
+  logits, cache = decode(params, cache, tokens[:, :prompt], jnp.int32(0))  # prefill
+  steps = [np.asarray(logits)]
+  for t in range(prompt, total):
+    logits, cache = decode(params, cache, tokens[:, t:t + 1], jnp.int32(t))
+    steps.append(np.asarray(logits))
+  cached = np.concatenate(steps, axis=1)
+  assert np.max(np.abs(cached - full)) <= 1e-4, np.max(np.abs(cached - full))

@@ -44,7 +44,7 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator)
 def test_mesh_shape_resolves_data_axis():
   config = tiny.get_config()
   config.mesh.fsdp = 2
-  assert sharding.mesh_shape(config.mesh, 8) == (4, 2, 1)
+  assert sharding.mesh_shape(config.mesh, 8) == (4, 2, 1, 1)
   config.mesh.data = 3
-  with pytest.raises(ValueError, match="3\\*2\\*1 = 6 but there are 8 devices"):
+  with pytest.raises(ValueError, match="3\\*2\\*1\\*1 = 6 but there are 8 devices"):
     sharding.mesh_shape(config.mesh, 8)

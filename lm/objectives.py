@@ -1,0 +1,81 @@
+"""Training objectives: what the model predicts at each position and the losses it pays.
+
+causal: the loader's rows as they are; logits at t predict the token at t + 1.
+masked: BERT-style. A `masked_lm_fraction` of the real tokens is selected; of those, the
+  `masked_lm_mask_random_keep` shares become <mask>, a random ordinary token, or stay; the
+  model (bidirectional attention) predicts the original token at the selected positions only.
+
+Losses are summed over target positions here and divided by the target count by the caller,
+so sums from several batches or devices combine exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from data import tokenizer as tokenizer_lib
+
+OBJECTIVES = ("causal", "masked")
+
+
+def masked_lm_batch(batch: dict[str, jax.Array], cfg: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, jax.Array]:
+  """Corrupts a packed row batch for the masked objective.
+
+  Args:
+    batch: "inputs", "segment_ids", "positions" ([batch, seq] int32) as the loader makes them.
+    cfg: config.model (masked_lm_fraction, masked_lm_mask_random_keep, vocab_size).
+    rng: key of this batch.
+
+  Returns:
+    The batch with "inputs" corrupted, "targets" the original tokens and "loss_mask" ([batch, seq]
+    int32) set on the selected real tokens only.
+  """
+  tokens = batch["inputs"]
+  select_rng, kind_rng, random_rng = jax.random.split(rng, 3)
+  real = batch["segment_ids"] > 0
+  selected = real & (jax.random.uniform(select_rng, tokens.shape) < cfg.masked_lm_fraction)
+  mask_share, random_share, _ = cfg.masked_lm_mask_random_keep
+  kind = jax.random.uniform(kind_rng, tokens.shape)
+  random_tokens = jax.random.randint(random_rng, tokens.shape, tokenizer_lib.FIRST_ORDINARY_ID, cfg.vocab_size)
+  corrupted = jnp.where(kind < mask_share, tokenizer_lib.MASK_ID,
+                        jnp.where(kind < mask_share + random_share, random_tokens, tokens))
+  return dict(batch, inputs=jnp.where(selected, corrupted, tokens).astype(jnp.int32), targets=tokens,
+              loss_mask=selected.astype(jnp.int32))
+
+
+def prepare_batch(batch: dict[str, jax.Array], cfg: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, jax.Array]:
+  """The batch the model trains on under `model.objective` (the loader's batch for causal)."""
+  if cfg.objective == "masked":
+    return masked_lm_batch(batch, cfg, rng)
+  return batch
+
+
+def summed_losses(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> dict[str, jax.Array]:
+  """Float32 sums over the target positions.
+
+  Args:
+    logits: [batch, seq, vocab] float32.
+    targets, loss_mask: [batch, seq] int32.
+
+  Returns:
+    {"cross_entropy": summed nats, "logits_z": summed logsumexp(logits)^2, "tokens": target count}.
+  """
+  mask = loss_mask.astype(jnp.float32)
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  return {"cross_entropy": jnp.sum(cross_entropy * mask), "logits_z": jnp.sum(jnp.square(log_z) * mask),
+          "tokens": jnp.sum(mask)}
+
+
+def total_loss(sums: dict[str, jax.Array], moe: dict[str, jax.Array], cfg: ml_collections.ConfigDict) -> jax.Array:
+  """The scalar that is differentiated: mean cross-entropy plus the weighted auxiliary losses."""
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  loss = sums["cross_entropy"] / tokens
+  if cfg.logits_z_loss_weight > 0:
+    loss += cfg.logits_z_loss_weight * sums["logits_z"] / tokens
+  if moe:
+    loss += cfg.load_balance_loss_weight * moe["load_balance_loss"] + cfg.router_z_loss_weight * moe["router_z_loss"]
+  return loss
