@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.peak_learning_rate = 3e-4  # learning rate at the end of warmup
   optim.warmup_steps = 100  # linear warmup from 0 to the peak
   optim.end_learning_rate_fraction = 0.1  # cosine decay ends at this fraction of the peak, at train.steps
-  optim.weight_decay = 0.1  # AdamW decoupled weight decay (not applied to norm scales)
+  optim.weight_decay = 0.1  # AdamW decoupled weight decay (not applied to norm scales or biases)
   optim.b1 = 0.9  # AdamW first-moment decay
   optim.b2 = 0.95  # AdamW second-moment decay
   optim.eps = 1e-8  # AdamW epsilon

@@ -18,11 +18,11 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, total_steps:
 
 
 def weight_decay_mask(params):
-  """True for every parameter except normalisation scales, which are not decayed."""
+  """True for every weight matrix and embedding; norm scales and biases (offsets, not weights) are not decayed."""
   def decayed(path, _):
     # The last dict key is the parameter's name, also for boxed (nn.Partitioned) leaves.
-    names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
-    return names[-1] != "scale"
+    name = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)][-1]
+    return name not in ("scale", "bias") and not name.endswith("_bias")
 
   return jax.tree_util.tree_map_with_path(decayed, params)
 

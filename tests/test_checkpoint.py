@@ -41,7 +41,7 @@ def test_round_trip_restores_state_and_data_position(tiny_config, train_iterator
   _assert_trees_equal(restored.params, saved.params)
   _assert_trees_equal(restored.opt_state, saved.opt_state)
   _assert_trees_equal(restored.rng, saved.rng)
-  assert restored.params["blocks"]["mlp"]["up"]["kernel"].sharding == trainer.state_shardings.params["blocks"]["mlp"]["up"]["kernel"]
+  assert restored.params["blocks"]["layer_0"]["mlp"]["up"].sharding == trainer.state_shardings.params["blocks"]["layer_0"]["mlp"]["up"]
 
   batch_after_restore = next(fresh_it)
   for key in loader.BATCH_KEYS:

@@ -52,7 +52,8 @@ def test_batch_not_divisible_by_data_parallel_size_says_both_numbers():
 def test_mesh_must_match_devices_and_model_must_divide_by_it():
   config = tiny.get_config()
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1
-  with pytest.raises(config_lib.ConfigError, match=r"mesh.data \* mesh.fsdp \* mesh.tensor = 2\*2\*1 = 4 but there are 8 devices"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"mesh.data \* mesh.fsdp \* mesh.expert \* mesh.tensor = 2\*2\*1\*1 = 4 but there are 8"):
     config_lib.validate(config, num_devices=8)
   config.mesh.data, config.mesh.tensor = 1, 8
   with pytest.raises(config_lib.ConfigError, match=r"model.num_heads \(4\) is not divisible by mesh.tensor \(8\)"):
@@ -63,7 +64,7 @@ def test_mesh_must_match_devices_and_model_must_divide_by_it():
     (["--config.model.num_expert=4"], "num_expert"),
     (["--config.train.steps=abc"], "train.steps"),
     (["--config.data.path=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
-    (["--config.train.global_batch_size=12"], "(12) is not divisible by the data-parallel size mesh.data x mesh.fsdp = 8 x 1 = 8"),
+    (["--config.train.global_batch_size=12"], "(12) is not divisible by the data-parallel size mesh.data x mesh.fsdp x mesh.expert = 8 x 1 x 1 = 8"),
 ])
 def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, message):
   result = launch(tmp_path / "run", *overrides)
@@ -71,3 +72,42 @@ def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, 
   assert message in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
   assert "step " not in result.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(d_model=60, num_heads=8), r"model.d_model \(60\) must be divisible by model.num_heads \(8\)"),
+    (dict(num_heads=4, num_kv_heads=3), r"model.num_heads \(4\) must be a multiple of model.num_kv_heads \(3\)"),
+    (dict(num_experts=4, experts_per_token=5), r"model.experts_per_token \(5\) exceeds model.num_experts \(4\)"),
+    (dict(attention_pattern=("local", "global", "global"), sliding_window=8),
+     r"model.attention_pattern has 3 entries .* does not divide model.num_layers \(2\)"),
+    (dict(attention_pattern=("local",), sliding_window=0), r"local layers but model.sliding_window is 0"),
+    (dict(attention_pattern=("local", "sliding")), r"model.attention_pattern must be .* 'global' / 'local'"),
+    (dict(num_experts=4, moe_every=3), r"model.moe_every \(3\) does not divide model.num_layers \(2\)"),
+    (dict(position_embedding="learned", max_seq_len=32), r"data.seq_len \(64\) exceeds model.max_seq_len \(32\)"),
+    (dict(mlp_activation="swish"), r"model.mlp_activation must be one of relu, gelu, relu2, swiglu; got 'swish'"),
+    (dict(attention_impl="flash"), r"model.attention_impl must be one of"),
+    (dict(attention_impl="dot_product_attention", attention_logit_softcap=30.0), r"has no logit soft-cap"),
+    (dict(masked_lm_mask_random_keep=(0.8, 0.1)), r"model.masked_lm_mask_random_keep must be three shares"),
+    (dict(remat_policy="some"), r"model.remat_policy must be one of none, full, save_matmuls"),
+])
+def test_inconsistent_model_fields_are_named(overrides, message):
+  config = tiny.get_config()
+  for key, value in overrides.items():
+    config.model[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_experts_must_divide_by_the_expert_axis():
+  config = tiny.get_config()
+  config.model.num_experts, config.mesh.expert = 6, 4
+  config.mesh.data = 2
+  with pytest.raises(config_lib.ConfigError, match=r"model.num_experts \(6\) is not divisible by mesh.expert \(4\)"):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_bad_model_shape_fails_at_launch_before_compiling(launch, tmp_path):
+  result = launch(tmp_path / "run", "--config.model.num_kv_heads=3")
+  assert result.returncode == 2
+  assert "model.num_heads (4) must be a multiple of model.num_kv_heads (3)" in result.stderr
+  assert "mesh" not in result.stdout  # nothing was built

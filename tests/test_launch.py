@@ -22,7 +22,7 @@ def launch_ok(launch):
 def test_demo_path_runs_end_to_end_and_resumes(launch_ok, tmp_path):
   run_dir = tmp_path / "run"
   out = launch_ok(run_dir)
-  assert "mesh {'data': 4, 'fsdp': 2, 'tensor': 1}" in out
+  assert "mesh {'data': 4, 'fsdp': 2, 'expert': 1, 'tensor': 1}" in out
   assert "tokenizer trained" in out
   assert re.search(r"step +20/20 +loss [\d.]+ .*tokens/s [\d,]+ +mfu [\d.]+% +eta", out)
   final = re.search(r"^final: step=(\d+) val_loss=([\d.]+) unigram_entropy=([\d.]+)$", out, re.M)

@@ -16,7 +16,8 @@ def test_schedule_warms_up_then_decays_to_a_tenth_of_peak():
   assert float(schedule(100)) == pytest.approx(1e-4)
 
 
-def test_norm_scales_are_not_decayed():
-  params = {"blocks": {"attention_norm": {"scale": jnp.ones((2, 4))}, "mlp": {"up": {"kernel": jnp.ones((2, 4, 8))}}}}
+def test_norm_scales_and_biases_are_not_decayed():
+  params = {"blocks": {"attention_norm": {"scale": jnp.ones((2, 4)), "bias": jnp.ones((2, 4))},
+                       "mlp": {"up": jnp.ones((2, 4, 8)), "up_bias": jnp.ones((2, 8))}}}
   mask = optim.weight_decay_mask(params)
-  assert mask == {"blocks": {"attention_norm": {"scale": False}, "mlp": {"up": {"kernel": True}}}}
+  assert mask == {"blocks": {"attention_norm": {"scale": False, "bias": False}, "mlp": {"up": True, "up_bias": False}}}

@@ -8,7 +8,7 @@ from lm import train
 
 
 def _loss_and_shardings(config, mesh_shape, host_batch):
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
+  config.mesh.data, config.mesh.fsdp, config.mesh.expert, config.mesh.tensor = mesh_shape
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.build(config, mesh)
   state = trainer.init_state(jax.random.PRNGKey(0))
@@ -21,9 +21,9 @@ def test_loss_is_the_same_under_every_mesh_shape(train_iterator):
   config = tiny.get_config()
   host_batch = next(train_iterator(config))
   losses = {}
-  for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
+  for shape in [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 1, 2)]:
     losses[shape], trainer, state = _loss_and_shardings(config, shape, host_batch)
-  reference = losses[(8, 1, 1)]
+  reference = losses[(8, 1, 1, 1)]
   assert 5.0 < reference < 7.5  # near log(512) = 6.24 at init
   for shape, loss in losses.items():
     assert abs(loss - reference) / reference <= 1e-5, (shape, loss, reference)
@@ -31,14 +31,29 @@ def test_loss_is_the_same_under_every_mesh_shape(train_iterator):
 
 def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator):
   config = tiny.get_config()
-  _, trainer, state = _loss_and_shardings(config, (2, 2, 2), next(train_iterator(config)))
-  query = state.params["blocks"]["attention"]["query"]  # [layers, embed, heads, head_dim]
+  _, trainer, state = _loss_and_shardings(config, (2, 2, 1, 2), next(train_iterator(config)))
+  query = state.params["blocks"]["layer_0"]["attention"]["query"]  # [layers, embed, heads, head_dim]
   assert query.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)
-  mu = state.opt_state[1][0].mu["blocks"]["attention"]["query"]  # AdamW first moment shares the layout
+  mu = state.opt_state[1][0].mu["blocks"]["layer_0"]["attention"]["query"]  # AdamW first moment shares the layout
   assert mu.sharding.spec == query.sharding.spec
   lines = sharding.describe(state.params, trainer.state_shardings.params)
   assert any("query" in line and "'fsdp', 'tensor'" in line for line in lines)
+
+
+def test_moe_loss_is_the_same_with_experts_sharded_over_the_expert_axis(train_iterator):
+  config = tiny.get_config()
+  config.model.num_experts, config.model.experts_per_token, config.model.moe_every = 4, 2, 2
+  host_batch = next(train_iterator(config))
+  losses = {}
+  for shape in [(8, 1, 1, 1), (2, 1, 4, 1), (1, 2, 2, 2)]:
+    losses[shape], trainer, state = _loss_and_shardings(config, shape, host_batch)
+  reference = losses[(8, 1, 1, 1)]
+  for shape, loss in losses.items():
+    assert abs(loss - reference) / reference <= 1e-5, (shape, loss, reference)
+  up = state.params["blocks"]["layer_1"]["moe"]["up"]  # [layers, experts, embed, mlp] on the last mesh, (1, 2, 2, 2)
+  assert up.sharding.spec == jax.sharding.PartitionSpec(None, "expert", "fsdp", "tensor")
+  assert up.addressable_shards[0].data.shape == (1, 2, 32, 64)
 
 
 def test_mesh_shape_resolves_data_axis():

@@ -1,7 +1,13 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from configs import tiny
 from data import loader
+from data import tokenizer as tokenizer_lib
+from lm import config as config_lib
+from lm import objectives
 from lm import sharding
 from lm import train
 
@@ -57,3 +63,98 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(tiny_
   jaxpr = jax.make_jaxpr(lambda p: trainer.model.apply({"params": p}, batch["inputs"], batch["segment_ids"],
                                                        batch["positions"]))(state.params)
   assert "bf16[" in str(jaxpr) and "dot_general" in str(jaxpr)
+
+
+# Together these cover every value of every architecture option (each alone is tested in test_model.py).
+OPTION_SETS = {
+    "gpt2_like": dict(position_embedding="learned", max_seq_len=64, norm_type="layernorm", use_bias=True,
+                      mlp_activation="gelu", num_kv_heads=4, attention_impl="xla", init_scheme="normal"),
+    "alibi_mqa_local_blockwise": dict(position_embedding="alibi", mlp_activation="relu", num_kv_heads=1,
+                                      attention_pattern=("local", "global"), sliding_window=16,
+                                      attention_impl="blockwise", attention_block_size=16, remat_policy="full"),
+    "nope_post_norm_qk_softcap": dict(position_embedding="none", norm_position="post", mlp_activation="relu2",
+                                      qk_norm=True, attention_logit_softcap=20.0, remat_policy="save_matmuls",
+                                      init_scheme="fan_in"),
+    "moe_zloss_jax_nn": dict(num_experts=4, experts_per_token=2, moe_every=2, capacity_factor=1.0,
+                             logits_z_loss_weight=1e-4, attention_impl="dot_product_attention",
+                             tie_embeddings=False),
+    "masked_lm": dict(objective="masked", rope_theta=500000.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_SETS))
+def test_every_option_trains_20_steps_without_nan(tiny_config, train_iterator, name):
+  config = tiny_config
+  for key, value in OPTION_SETS[name].items():
+    config.model[key] = value
+  config_lib.validate(config, jax.device_count())
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  it = train_iterator(config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  history = []
+  for _ in range(20):
+    state, metrics = trainer.train_step(state, sharding.global_batch(next(it), trainer.batch_sharding))
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  losses = [m["train/loss"] for m in history]
+  assert np.all(np.isfinite(losses)) and all(np.isfinite(m["train/grad_norm"]) for m in history)
+  assert np.mean(losses[-5:]) < np.mean(losses[:5])
+  if name == "moe_zloss_jax_nn":
+    assert all(0.0 <= m["train/moe_dropped_fraction"] < 1.0 for m in history)
+    assert sum(m["train/moe_dropped_tokens"] for m in history) > 0  # capacity factor 1: some overflow
+    assert all(m["train/moe_load_balance_loss"] >= 0.99 for m in history)  # >= 1, equality when uniform
+    assert all(m["train/total_loss"] > m["train/loss"] for m in history)  # the auxiliary losses are added
+
+
+def test_masked_lm_batch_selects_and_corrupts_as_configured():
+  config = tiny.get_config().model
+  config.vocab_size = 1000
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (64, 256), 5, 1000)
+  segment_ids = jnp.ones((64, 256), jnp.int32).at[:, 200:].set(0)  # a padded tail
+  batch = {"inputs": tokens, "targets": jnp.zeros_like(tokens), "segment_ids": segment_ids,
+           "positions": jnp.zeros_like(tokens), "loss_mask": jnp.zeros_like(tokens)}
+  out = objectives.masked_lm_batch(batch, config, jax.random.PRNGKey(1))
+  selected = np.asarray(out["loss_mask"]).astype(bool)
+  inputs, original = np.asarray(out["inputs"]), np.asarray(tokens)
+  assert not selected[:, 200:].any()  # padding is never a target
+  assert abs(selected[:, :200].mean() - 0.15) < 0.01
+  np.testing.assert_array_equal(np.asarray(out["targets"]), original)
+  np.testing.assert_array_equal(inputs[~selected], original[~selected])  # unselected tokens stay
+  masked = inputs[selected] == tokenizer_lib.MASK_ID
+  kept = inputs[selected] == original[selected]
+  randomised = ~masked & ~kept
+  assert abs(masked.mean() - 0.8) < 0.02 and abs(randomised.mean() - 0.1) < 0.02 and abs(kept.mean() - 0.1) < 0.02
+
+
+def test_masked_lm_scores_only_selected_positions_with_bidirectional_attention(tiny_config, train_iterator):
+  config = tiny_config
+  config.model.objective = "masked"
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  host = next(train_iterator(config))
+  total, count = trainer.eval_step(state.params, sharding.global_batch(host, trainer.batch_sharding))
+  prepared = objectives.prepare_batch({k: jnp.asarray(v) for k, v in host.items()}, config.model,
+                                      jax.random.PRNGKey(config.data.split_seed))
+  selected = np.asarray(prepared["loss_mask"]).astype(bool)
+  assert float(count) == selected.sum() and 0.1 < selected.sum() / (host["segment_ids"] > 0).sum() < 0.2
+  # The loss is the cross-entropy at selected positions only, of the original tokens.
+  logits, _ = trainer.model.apply({"params": state.params}, prepared["inputs"], prepared["segment_ids"],
+                                  prepared["positions"])
+  log_probs = jax.nn.log_softmax(logits)
+  picked = np.take_along_axis(np.asarray(log_probs), np.asarray(host["inputs"])[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(float(total), -picked[selected].sum(), rtol=1e-4)
+  # Bidirectional: the first token's logits change when the last token of its document changes.
+  inputs = prepared["inputs"]
+  changed = inputs.at[0, 1].set((inputs[0, 1] + 1) % config.model.vocab_size)
+  a, _ = trainer.model.apply({"params": state.params}, inputs, prepared["segment_ids"], prepared["positions"])
+  b, _ = trainer.model.apply({"params": state.params}, changed, prepared["segment_ids"], prepared["positions"])
+  assert not np.allclose(np.asarray(a[0, 0]), np.asarray(b[0, 0]))
+
+
+def test_logits_z_loss_is_added_with_its_weight(tiny_config, train_iterator):
+  config = tiny_config
+  config.model.logits_z_loss_weight = 0.5
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  _, metrics = trainer.train_step(state, sharding.global_batch(next(train_iterator(config)), trainer.batch_sharding))
+  np.testing.assert_allclose(float(metrics["train/total_loss"]),
+                             float(metrics["train/loss"]) + 0.5 * float(metrics["train/logits_z_loss"]), rtol=1e-5)
