@@ -13,8 +13,6 @@ Three implementations compute the same function (`model.attention_impl`):
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -49,19 +47,6 @@ def document_causal_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
   """[batch, 1, seq, seq] bool: causal attention within each packed document of a row."""
   index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
   return attention_mask(index, index, segment_ids, segment_ids, causal=True, window=0)[:, None]
-
-
-def alibi_slopes(num_heads: int) -> np.ndarray:
-  """[num_heads] float32 ALiBi slopes: the geometric sequence 2^(-8i/n), interleaved when n is not a power of 2."""
-
-  def power_of_two(n):
-    return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
-
-  closest = 2 ** math.floor(math.log2(num_heads))
-  slopes = power_of_two(closest)
-  if closest < num_heads:
-    slopes += power_of_two(2 * closest)[0::2][:num_heads - closest]
-  return np.asarray(slopes, np.float32)
 
 
 def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
@@ -114,11 +99,14 @@ def jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal,
                                       local_window_size=local_window if same_length else None)
 
 
-def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> str:
-  """The implementation `model.attention_impl` names, with 'auto' decided by platform and length."""
+def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int, backend: str | None = None) -> str:
+  """The implementation `model.attention_impl` names, with 'auto' decided by platform and length.
+
+  backend: 'cpu' | 'gpu' | 'tpu' the step will run on; None = this process's default backend.
+  """
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
-  backend = jax.default_backend()
+  backend = jax.default_backend() if backend is None else backend
   if backend == "gpu" and cfg.attention_logit_softcap == 0:
     return "dot_product_attention"
   if seq_len >= cfg.blockwise_min_seq_len:
@@ -129,7 +117,7 @@ def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> str:
 def attend(cfg: ml_collections.FrozenConfigDict, q, k, v, q_index, k_index, q_segment, k_segment, window: int):
   """Dispatches to the implementation of `cfg` (arguments as `xla_attention`)."""
   impl = resolve_impl(cfg, k.shape[1])
-  slopes = alibi_slopes(cfg.num_heads) if cfg.position_embedding == "alibi" else None
+  slopes = positions_lib.alibi_slopes(cfg.num_heads) if cfg.position_embedding == "alibi" else None
   kwargs = dict(causal=cfg.objective == "causal", window=window, alibi_slopes=slopes,
                 softcap=cfg.attention_logit_softcap)
   if impl == "xla":
@@ -147,10 +135,10 @@ class Attention(nn.Module):
   """Self-attention over packed rows, or one decoding step against the KV cache.
 
   In decode mode the keys and values of every call are written into the "cache" collection
-  ([batch, cache_len, num_kv_heads, head_dim] each, plus key document ids and the write
-  index), and the queries attend over the whole cache. The cache length is the sequence
-  length of the `init` call that creates it. Local layers keep the full cache and mask by
-  window, so the cached logits match a full forward pass exactly.
+  ([batch, slots, num_kv_heads, head_dim] each, plus each slot's document id and position,
+  and the write index). A global layer has one slot per position up to the sequence length
+  of the `init` call that creates the cache; a local layer has a rolling buffer of `window`
+  slots, so its memory does not grow with the length decoded.
   """
 
   cfg: ml_collections.FrozenConfigDict
@@ -193,24 +181,44 @@ class Attention(nn.Module):
     return jnp.einsum("bshk,hkd->bsd", out, out_kernel) + layers.bias(self, cfg, "out_bias", (d,), ("embed",))
 
   def _update_cache(self, k, v, segment_ids):
-    """Writes this call's keys/values at the cache index; returns the whole cache and the query/key indices."""
+    """Writes this call's keys/values into the cache; returns the keys to attend over and the query/key indices.
+
+    Global layers write at the cache index and attend over the whole cache (unwritten slots
+    lie after the queries, so causality hides them). Local layers keep a rolling buffer of
+    their last `window` keys: they attend over the buffer as it was plus this call's keys,
+    then keep the newest `window` of those in the buffer (slot = position mod window).
+    """
     batch, seq = segment_ids.shape
     initializing = not self.has_variable("cache", "key")
-    cached_key = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-    cached_value = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-    cached_segment = self.variable("cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
+    size = min(self.window, seq) if self.window > 0 else seq  # at init, seq is the cache length
+    cached_key = self.variable("cache", "key", jnp.zeros, (batch, size) + k.shape[2:], k.dtype)
+    cached_value = self.variable("cache", "value", jnp.zeros, (batch, size) + v.shape[2:], v.dtype)
+    cached_segment = self.variable("cache", "segment_ids", jnp.zeros, (batch, size), jnp.int32)
+    # Absolute position held by each slot; -1 (with segment 0, which no query has) marks an empty slot.
+    cached_index = self.variable("cache", "positions", lambda: jnp.full((batch, size), -1, jnp.int32))
     cache_index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     if initializing:  # the init call only sizes the cache; it attends like training
-      index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       return k, v, index, index, segment_ids
-    start = cache_index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype),
-                                                    (0, start, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
-                                                      (0, start, 0, 0))
-    cached_segment.value = jax.lax.dynamic_update_slice(cached_segment.value, segment_ids, (0, start))
+    start, size = cache_index.value, cached_key.value.shape[1]
+    q_index = start + index
+    k, v = k.astype(cached_key.value.dtype), v.astype(cached_value.value.dtype)
     cache_index.value = start + seq
-    cache_len = cached_key.value.shape[1]
-    q_index = jnp.broadcast_to(start + jnp.arange(seq, dtype=jnp.int32), (batch, seq))
-    k_index = jnp.broadcast_to(jnp.arange(cache_len, dtype=jnp.int32), (batch, cache_len))
-    return cached_key.value, cached_value.value, q_index, k_index, cached_segment.value
+    if self.window == 0:
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k, (0, start, 0, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v, (0, start, 0, 0))
+      cached_segment.value = jax.lax.dynamic_update_slice(cached_segment.value, segment_ids, (0, start))
+      cached_index.value = jax.lax.dynamic_update_slice(cached_index.value, q_index, (0, start))
+      k_index = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (batch, size))
+      return cached_key.value, cached_value.value, q_index, k_index, cached_segment.value
+    keys = jnp.concatenate([cached_key.value, k], axis=1)
+    values = jnp.concatenate([cached_value.value, v], axis=1)
+    k_index = jnp.concatenate([cached_index.value, q_index], axis=1)
+    k_segment = jnp.concatenate([cached_segment.value, segment_ids], axis=1)
+    keep = min(seq, size)
+    slots = (start + jnp.arange(seq - keep, seq)) % size
+    cached_key.value = cached_key.value.at[:, slots].set(k[:, seq - keep:])
+    cached_value.value = cached_value.value.at[:, slots].set(v[:, seq - keep:])
+    cached_segment.value = cached_segment.value.at[:, slots].set(segment_ids[:, seq - keep:])
+    cached_index.value = cached_index.value.at[:, slots].set(q_index[:, seq - keep:])
+    return keys, values, q_index, k_index, k_segment

@@ -19,8 +19,10 @@ import numpy as np
 def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Any:
   """Zeroed KV cache of `model` for `batch_size` rows of up to `max_len` tokens (shapes only, no params built).
 
-  Per layer group: "key"/"value" [num_groups, batch, max_len, num_kv_heads, head_dim] in
-  compute dtype, "segment_ids" [num_groups, batch, max_len] and the write "index" [num_groups].
+  Per layer: "key"/"value" [num_groups, batch, slots, num_kv_heads, head_dim] in compute
+  dtype, "segment_ids" and "positions" [num_groups, batch, slots] and the write "index"
+  [num_groups]; slots = max_len for global layers, min(window, max_len) for local ones.
+  Decoding past max_len is not supported: the caller keeps start + tokens <= max_len.
   """
   tokens = jnp.zeros((batch_size, max_len), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch_size, max_len))

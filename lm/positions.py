@@ -1,10 +1,15 @@
-"""Rotary position embeddings (RoPE) computed from explicit per-token positions.
+"""Position information: rotary embeddings (RoPE) and ALiBi slopes.
 
-Positions come from the batch (they restart at 0 in every packed document), so a
-document's encoding does not depend on where it landed in the packed row.
+RoPE rotates queries and keys by their position in the document; positions come from the
+batch (they restart at 0 in every packed document), so a document's encoding does not
+depend on where it landed in the packed row. ALiBi adds -slope * distance to attention
+logits (applied by `lm.attention`). Learned absolute positions are a table in `lm.model`.
 """
 
+import math
+
 import jax.numpy as jnp
+import numpy as np
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
@@ -26,3 +31,16 @@ def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndar
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """[num_heads] float32 ALiBi slopes: the geometric sequence 2^(-8i/n), interleaved when n is not a power of 2."""
+
+  def power_of_two(n):
+    return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+  closest = 2 ** math.floor(math.log2(num_heads))
+  slopes = power_of_two(closest)
+  if closest < num_heads:
+    slopes += power_of_two(2 * closest)[0::2][:num_heads - closest]
+  return np.asarray(slopes, np.float32)

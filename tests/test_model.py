@@ -208,8 +208,8 @@ def test_rope_attention_score_depends_only_on_distance():
 
 
 def test_alibi_slopes_and_distance_penalty():
-  np.testing.assert_allclose(attention.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
-  assert len(attention.alibi_slopes(12)) == 12
+  np.testing.assert_allclose(positions_lib.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
+  assert len(positions_lib.alibi_slopes(12)) == 12
   # Identical keys and values except at distance: the nearer key gets the larger weight.
   q = jnp.ones((1, 1, 1, 4))
   k = jnp.ones((1, 3, 1, 4))
@@ -361,3 +361,20 @@ def test_kv_cache_decoding_matches_the_full_forward_pass(variant):
     steps.append(np.asarray(logits))
   cached = np.concatenate(steps, axis=1)
   assert np.max(np.abs(cached - full)) <= 1e-4, np.max(np.abs(cached - full))
+  if "local" in variant:  # local layers keep a rolling buffer of their window, not the whole sequence
+    slots = {name: layer["attention"]["key"].shape[2] for name, layer in cache["blocks"].items()}
+    assert slots["layer_0"] == cfg.sliding_window
+    assert slots.get("layer_1", 16) == 16
+
+
+def test_kv_cache_rolling_buffer_with_a_prompt_longer_than_the_window():
+  model, cfg = _model(attention_pattern=("local",), sliding_window=3, num_kv_heads=1)
+  tokens, _, _ = _inputs(batch=1, seq=12, seed=4)
+  params = _init(model)
+  full = _logits(model, params, tokens)
+  cache = generate.init_cache(model, 1, max_len=12)
+  logits, cache = generate.decode(model, params, cache, tokens[:, :7], jnp.int32(0))  # 7 > window 3
+  np.testing.assert_allclose(np.asarray(logits), full[:, :7], atol=1e-4)
+  for t in range(7, 12):
+    logits, cache = generate.decode(model, params, cache, tokens[:, t:t + 1], jnp.int32(t))
+    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-4)
