@@ -103,9 +103,13 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(step: int, total_steps: int, scalars: dict[str, float], seconds_per_step: float) -> str:
   eta = format_duration((total_steps - step) * seconds_per_step)
-  return (f"step {step:>6d}/{total_steps}  loss {scalars['train/loss']:.4f}  "
+  line = (f"step {step:>6d}/{total_steps}  loss {scalars['train/loss']:.4f}  "
           f"lr {scalars['train/learning_rate']:.2e}  grad_norm {scalars['train/grad_norm']:.3f}  "
           f"tokens/s {scalars['perf/tokens_per_second']:,.0f}  mfu {100 * scalars['perf/mfu']:.1f}%  eta {eta}")
+  if "train/moe_dropped_fraction" in scalars:
+    line += (f"  moe: dropped {100 * scalars['train/moe_dropped_fraction']:.1f}%  "
+             f"max load {scalars['train/moe_max_expert_load']:.2f}")
+  return line
 
 
 def mean_of(values: list[dict[str, np.ndarray]]) -> dict[str, float]:
