@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,3 +160,16 @@ def test_logits_z_loss_is_added_with_its_weight(tiny_config, train_iterator):
   _, metrics = trainer.train_step(state, sharding.global_batch(next(train_iterator(config)), trainer.batch_sharding))
   np.testing.assert_allclose(float(metrics["train/total_loss"]),
                              float(metrics["train/loss"]) + 0.5 * float(metrics["train/logits_z_loss"]), rtol=1e-5)
+
+
+def test_moe_run_reports_dropped_tokens_in_the_metrics_stream(tiny_config, capsys):
+  config = tiny_config
+  config.model.num_experts, config.model.experts_per_token, config.model.capacity_factor = 4, 2, 0.5
+  config.train.steps, config.log.every_steps, config.eval.every_steps, config.eval.sample_tokens = 6, 3, 6, 2
+  train.run(config)
+  with open(f"{config.train.run_dir}/metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  logged = [r for r in records if "train/moe_dropped_tokens" in r]
+  assert [r["step"] for r in logged] == [3, 6]
+  assert all(r["train/moe_dropped_tokens"] > 0 and 0 < r["train/moe_dropped_fraction"] < 1 for r in logged)
+  assert "moe: dropped" in capsys.readouterr().out
