@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lm import blockwise_attention
 from lm import layers
 from lm import positions as positions_lib
 
@@ -125,7 +126,6 @@ def attend(cfg: ml_collections.FrozenConfigDict, q, k, v, q_index, k_index, q_se
   if impl == "dot_product_attention":
     return jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, **kwargs)
   if impl == "blockwise":
-    from lm import blockwise_attention  # pylint: disable=import-outside-toplevel
     return blockwise_attention.blockwise_attention(q, k, v, q_index, k_index, q_segment, k_segment,
                                                    block_size=cfg.attention_block_size, **kwargs)
   raise ValueError(f"unknown model.attention_impl {impl!r}; expected one of {IMPLEMENTATIONS}")

@@ -28,6 +28,7 @@ import ml_collections
 from lm import layers
 from lm.attention import Attention
 from lm.mlp import Mlp
+from lm.moe import MoeMlp
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
@@ -72,7 +73,6 @@ class Block(nn.Module):
     cfg = self.cfg
     attention = Attention(cfg, window=self.window, decode=self.decode, name="attention")
     if self.moe:
-      from lm.moe import MoeMlp  # pylint: disable=import-outside-toplevel
       moe = MoeMlp(cfg, name="moe")
       mlp = lambda h: moe(h, segment_ids > 0)  # padding is not routed
     else:
