@@ -30,22 +30,22 @@ def get_config() -> ml_collections.ConfigDict:
   model.qk_norm = False  # normalise queries and keys per head (norm_type) before positions and the dot product
   model.attention_logit_softcap = 0.0  # attention logits become c*tanh(logits/c) with this c; 0 = off
   model.sliding_window = 0  # a 'local' layer attends to this many most recent tokens, itself included
-  model.attention_pattern = ("global",)  # kind of each layer ('global' | 'local'), repeated over depth; len divides num_layers
+  model.attention_pattern = ("global",)  # 'global' | 'local' per layer, repeated over depth (length divides num_layers)
   model.attention_impl = "auto"  # xla | dot_product_attention (jax.nn: cuDNN flash on GPU) | blockwise | auto
-  model.attention_block_size = 512  # query and key block of blockwise attention (the seq x seq matrix is never built)
-  model.blockwise_min_seq_len = 2048  # auto picks blockwise on CPU from this length on (dot_product_attention on GPU, xla otherwise)
+  model.attention_block_size = 512  # query and key block of blockwise attention (never builds the seq x seq matrix)
+  model.blockwise_min_seq_len = 2048  # auto: blockwise from this length on (GPU: dot_product_attention; else xla)
   model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
   model.experts_per_token = 2  # top-k: experts each token is routed to
   model.moe_every = 1  # MLP of every k-th layer (the k-th, 2k-th, ...) is MoE when num_experts > 0
-  model.capacity_factor = 1.25  # tokens an expert takes per group = factor * group tokens * top-k / experts; overflow is dropped and counted
-  model.load_balance_loss_weight = 0.01  # weight of the Switch load-balancing loss (num_experts * sum fraction_i * prob_i)
+  model.capacity_factor = 1.25  # expert capacity per row = factor * seq * top-k / experts; overflow dropped, counted
+  model.load_balance_loss_weight = 0.01  # weight of the Switch load-balancing loss num_experts * sum_i f_i * P_i
   model.router_z_loss_weight = 0.001  # weight of the router z-loss mean(logsumexp(router logits)^2)
   model.objective = "causal"  # causal (next-token LM) | masked (BERT-style: bidirectional, predict corrupted tokens)
   model.masked_lm_fraction = 0.15  # masked objective: share of tokens selected for prediction
-  model.masked_lm_mask_random_keep = (0.8, 0.1, 0.1)  # masked objective: selected tokens become <mask> / a random token / stay
+  model.masked_lm_mask_random_keep = (0.8, 0.1, 0.1)  # masked: selected tokens become <mask> / random token / stay
   model.logits_z_loss_weight = 0.0  # weight of the output z-loss mean(logsumexp(logits)^2); 0 = off
   model.tie_embeddings = True  # output projection is the transposed input embedding
-  model.init_scheme = "scaled_output"  # normal (all init_std) | scaled_output (residual outputs / sqrt(2*num_layers)) | fan_in (1/sqrt(fan_in))
+  model.init_scheme = "scaled_output"  # normal | scaled_output (residual outputs / sqrt(2 layers)) | fan_in
   model.init_std = 0.02  # std of the normal init of embeddings and kernels (normal and scaled_output schemes)
   model.remat_policy = "none"  # activation recomputation per layer: none | full | save_matmuls (keep matmul outputs)
   model.param_dtype = "float32"  # dtype of parameters (the master weights)

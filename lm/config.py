@@ -98,7 +98,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _require(m.sliding_window > 0, f"model.attention_pattern {pattern!r} has local layers but model.sliding_window "
              f"is {m.sliding_window}; it must be positive")
   _require(m.sliding_window >= 0, f"model.sliding_window must be >= 0, got {m.sliding_window}")
-  _require(m.attention_logit_softcap >= 0, f"model.attention_logit_softcap must be >= 0, got {m.attention_logit_softcap}")
+  _require(m.attention_logit_softcap >= 0,
+           f"model.attention_logit_softcap must be >= 0, got {m.attention_logit_softcap}")
   _require(not (m.attention_impl == "dot_product_attention" and m.attention_logit_softcap > 0),
            "model.attention_impl 'dot_product_attention' has no logit soft-cap; set model.attention_logit_softcap "
            "to 0 or use xla / blockwise")

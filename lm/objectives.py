@@ -21,7 +21,8 @@ from data import tokenizer as tokenizer_lib
 OBJECTIVES = ("causal", "masked")
 
 
-def masked_lm_batch(batch: dict[str, jax.Array], cfg: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, jax.Array]:
+def masked_lm_batch(batch: dict[str, jax.Array], cfg: ml_collections.ConfigDict,
+                    rng: jax.Array) -> dict[str, jax.Array]:
   """Corrupts a packed row batch for the masked objective.
 
   Args:

@@ -235,8 +235,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   data = prepare_data(config, run_dir)
   tokenizer, validation_rows = data.tokenizer, data.validation_rows
   if config.model.objective == "masked" and tokenizer.mask_id != tokenizer_lib.MASK_ID:
-    raise config_lib.ConfigError(f"model.objective 'masked' needs a tokenizer with a <mask> piece (id "
-                                 f"{tokenizer_lib.MASK_ID}); the one in {run_dir}/tokenizer has none: use a new run dir")
+    raise config_lib.ConfigError(
+        f"model.objective 'masked' needs a tokenizer with a <mask> piece (id {tokenizer_lib.MASK_ID}); "
+        f"the one in {run_dir}/tokenizer has none: use a new run dir")
   seq_len, global_batch_size = config.data.seq_len, config.train.global_batch_size
 
   data_iterator = loader.train_iterator(
