@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.masked_lm_mask_random_keep = (0.8, 0.1, 0.1)  # masked: selected tokens become <mask> / random token / stay
   model.logits_z_loss_weight = 0.0  # weight of the output z-loss mean(logsumexp(logits)^2); 0 = off
   model.tie_embeddings = True  # output projection is the transposed input embedding
-  model.init_scheme = "scaled_output"  # normal | scaled_output (residual outputs / sqrt(2 layers)) | fan_in
+  model.init_scheme = "scaled_output"  # normal | scaled_output (residual outputs / sqrt(2L)) | fan_in (1/sqrt(fan_in))
   model.init_std = 0.02  # std of the normal init of embeddings and kernels (normal and scaled_output schemes)
   model.remat_policy = "none"  # activation recomputation per layer: none | full | save_matmuls (keep matmul outputs)
   model.param_dtype = "float32"  # dtype of parameters (the master weights)
