@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.mlp_activation = "swiglu"  # relu | gelu | relu2 (squared ReLU) | swiglu (gated SiLU: three matrices)
   model.use_bias = False  # biases in every dense layer and in LayerNorm (GPT-2 style)
   model.position_embedding = "rope"  # rope | learned (absolute table) | alibi (linear attention bias) | none
-  model.max_seq_len = 2048  # longest sequence: rows of the learned position table, and the decode cache limit
+  model.max_seq_len = 2048  # context length: longest training row and decode, rows of a learned position table
   model.rope_theta = 10000.0  # RoPE base wavelength
   model.norm_type = "rmsnorm"  # rmsnorm | layernorm
   model.norm_position = "pre"  # pre: x + f(norm(x)) and a final norm; post: norm(x + f(x))
@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
   model.experts_per_token = 2  # top-k: experts each token is routed to
   model.moe_every = 1  # MLP of every k-th layer (the k-th, 2k-th, ...) is MoE when num_experts > 0
-  model.capacity_factor = 1.25  # expert capacity per row = factor * seq * top-k / experts; overflow dropped, counted
+  model.capacity_factor = 1.25  # expert capacity per group = factor * group * top-k / experts; overflow dropped, counted
+  model.moe_group_size = 1024  # tokens per routing group (capacity is per group); a shorter row is one group
   model.load_balance_loss_weight = 0.01  # weight of the Switch load-balancing loss num_experts * sum_i f_i * P_i
   model.router_z_loss_weight = 0.001  # weight of the router z-loss mean(logsumexp(router logits)^2)
   model.objective = "causal"  # causal (next-token LM) | masked (BERT-style: bidirectional, predict corrupted tokens)

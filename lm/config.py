@@ -84,9 +84,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
            f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})")
   if m.position_embedding == "rope":
     _require(m.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {m.head_dim}")
-  if m.position_embedding == "learned":
-    _require(d.seq_len <= m.max_seq_len, f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
-             "the size of the learned position table")
+  _require(d.seq_len <= m.max_seq_len, f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
+           "the model's context length")
 
   pattern = tuple(m.attention_pattern)
   _require(len(pattern) > 0 and all(kind in ("global", "local") for kind in pattern),
@@ -111,6 +110,9 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _require(m.num_layers % m.moe_every == 0,
              f"model.moe_every ({m.moe_every}) does not divide model.num_layers ({m.num_layers})")
     _require(m.capacity_factor > 0, f"model.capacity_factor must be positive, got {m.capacity_factor}")
+    _require(m.moe_group_size > 0 and (d.seq_len <= m.moe_group_size or d.seq_len % m.moe_group_size == 0),
+             f"data.seq_len ({d.seq_len}) must be at most, or a multiple of, model.moe_group_size "
+             f"({m.moe_group_size}), the MoE routing group")
   for key in ("load_balance_loss_weight", "router_z_loss_weight", "logits_z_loss_weight"):
     _require(m[key] >= 0, f"model.{key} must be >= 0, got {m[key]}")
 

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lm import params as params_lib
+
 # Dense peak FLOP/s per device at the usual training precision (bf16 on accelerators).
 KNOWN_PEAK_FLOPS = {
     "TPU v4": 275e12,
@@ -26,17 +28,14 @@ KNOWN_PEAK_FLOPS = {
 
 
 def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> float:
-  """Training FLOPs per token: 6 * (matmul parameters) + 6 * layers * seq_len * heads * head_dim.
+  """Training FLOPs per token for MFU: 6N + attention, as `lm.params.flops_per_token` counts them.
 
-  Matmul parameters are every weight used in a matmul (the embedding lookup is a gather
-  and is not counted; the output projection is, tied or not). The attention term is the
-  12 * layers * seq * heads * head_dim of QK^T and AV, halved because the mask is causal.
+  N is every weight a token is multiplied by (for MoE layers the active experts and the router;
+  the output projection, tied or not; not the embedding lookup). Attention is 12 * keys * heads
+  * head_dim per layer for QK^T and AV, with keys the average a query sees: about half of
+  seq_len for causal global layers, about the window for local ones.
   """
-  m = model_config
-  attention = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
-  mlp = 3 * m.d_model * m.ffn_dim
-  matmul_params = m.num_layers * (attention + mlp) + m.d_model * m.vocab_size
-  return 6.0 * matmul_params + 6.0 * m.num_layers * seq_len * m.num_heads * m.head_dim
+  return params_lib.flops_per_token(model_config, seq_len)["total"]
 
 
 def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:

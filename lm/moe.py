@@ -2,13 +2,14 @@
 
 Each token is routed to its `model.experts_per_token` most probable experts, whose
 outputs are summed with the chosen router probabilities renormalised to sum to 1
-(Mixtral style). Every batch row is one routing group: an expert takes at most
-C = ceil(capacity_factor * seq * k / num_experts) assignments of a row, first choices
-before second choices and earlier positions first (GShard / Switch priority); the rest
-are dropped, so those tokens get nothing from that expert and ride the residual stream.
+(Mixtral style). Rows are cut into routing groups of `model.moe_group_size` tokens (a
+shorter row is one group): an expert takes at most C = ceil(capacity_factor * group * k /
+num_experts) assignments of a group, first choices before second choices and earlier
+positions first (GShard / Switch priority); the rest are dropped, so those tokens get
+nothing from that expert and ride the residual stream.
 
 Tokens move to and from the experts through one-hot dispatch and combine tensors
-([batch, seq, experts, capacity]) and einsums: under GSPMD the token-major to
+([groups, group, experts, capacity]) and einsums: under GSPMD the token-major to
 expert-major einsum becomes an all-to-all over the expert mesh axis.
 """
 
@@ -31,14 +32,21 @@ EXPERT_HIDDEN_AXES = ("activation_expert", "activation_batch_no_expert", None, "
 ROUTING_AXES = ("batch", "activation_seq", None, None)  # dispatch / combine [batch, seq, experts, capacity]
 
 
-def capacity(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> int:
-  """Assignments one expert takes from one routing group (a batch row) of `seq_len` tokens.
+def group_length(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> int:
+  """Tokens per routing group: `model.moe_group_size`, or the whole row when it is shorter."""
+  return min(seq_len, cfg.moe_group_size)
 
-  ceil(capacity_factor * seq_len * k / num_experts), at least 1. It is capped at seq_len,
-  since an expert gets each token at most once, so a larger capacity only adds empty slots.
+
+def capacity(cfg: ml_collections.FrozenConfigDict, seq_len: int) -> int:
+  """Assignments one expert takes from one routing group of a row of `seq_len` tokens.
+
+  ceil(capacity_factor * group * k / num_experts), at least 1, for group = group_length(cfg,
+  seq_len). It is capped at the group length, since an expert gets each token at most once,
+  so a larger capacity only adds empty slots.
   """
-  c = math.ceil(cfg.capacity_factor * seq_len * cfg.experts_per_token / cfg.num_experts)
-  return max(1, min(c, seq_len))
+  group = group_length(cfg, seq_len)
+  c = math.ceil(cfg.capacity_factor * group * cfg.experts_per_token / cfg.num_experts)
+  return max(1, min(c, group))
 
 
 class MoeMlp(nn.Module):
@@ -75,9 +83,16 @@ class MoeMlp(nn.Module):
     if not 1 <= k <= num_experts:
       raise ValueError(f"model.experts_per_token = {k} must be in [1, model.num_experts = {num_experts}]")
     dtype, param_dtype = layers.dtypes(cfg)
-    batch, seq, _ = x.shape
-    x = x.astype(dtype)
-    mask = token_mask.astype(jnp.bool_)
+    rows, row_len, _ = x.shape
+    # Routing groups of moe_group_size tokens: the dispatch tensors grow with group length times
+    # capacity, so long rows are cut into groups instead of growing quadratically.
+    seq = group_length(cfg, row_len)
+    if row_len % seq:
+      raise ValueError(f"a row of {row_len} tokens does not split into MoE routing groups of "
+                       f"model.moe_group_size = {cfg.moe_group_size}")
+    batch = rows * (row_len // seq)
+    x = x.astype(dtype).reshape(batch, seq, d)
+    mask = token_mask.astype(jnp.bool_).reshape(batch, seq)
     maskf = mask.astype(jnp.float32)
 
     # Router in float32 end to end: a bfloat16 kernel or product would blur near-tied experts.
@@ -145,4 +160,4 @@ class MoeMlp(nn.Module):
         "routed_tokens": routed,
         "expert_load": expert_load,
     }
-    return y, aux
+    return y.reshape(rows, row_len, d), aux

@@ -243,3 +243,18 @@ def test_sharded_over_an_expert_axis_matches_unsharded():
   for name in aux_ref:
     np.testing.assert_allclose(np.asarray(aux[name]), np.asarray(aux_ref[name]), rtol=1e-5)
   assert float(jnp.abs(y).max()) > 0.0
+
+
+def test_long_rows_are_routed_in_groups_of_moe_group_size():
+  cfg = _config(capacity_factor=0.5, moe_group_size=8)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, cfg.d_model))
+  mask = jnp.ones((2, 32), bool)
+  module, params = _init(cfg, x, mask)
+  y, aux = module.apply(params, x, mask)
+  # The same as routing each 8-token group as a row of its own: capacity is per group.
+  y_groups, aux_groups = module.apply(params, x.reshape(8, 8, cfg.d_model), mask.reshape(8, 8))
+  np.testing.assert_allclose(np.asarray(y).reshape(8, 8, -1), np.asarray(y_groups), atol=1e-6)
+  assert float(aux["dropped_tokens"]) == float(aux_groups["dropped_tokens"]) > 0
+  assert moe.capacity(cfg, 32) == math.ceil(0.5 * 8 * 2 / 4)
+  with pytest.raises(ValueError, match="moe_group_size = 8"):
+    module.apply(params, x[:, :12], mask[:, :12])
