@@ -29,11 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.norm_eps = 1e-6  # epsilon of every norm
   model.qk_norm = False  # normalise queries and keys per head (norm_type) before positions and the dot product
   model.attention_logit_softcap = 0.0  # attention logits become c*tanh(logits/c) with this c; 0 = off
-  model.sliding_window = 0  # a 'local' layer attends to this many most recent tokens, itself included
+  model.sliding_window = 0  # 'local' layers see keys fewer than this many positions away (causal: the last this many)
   model.attention_pattern = ("global",)  # 'global' | 'local' per layer, repeated over depth (length divides num_layers)
   model.attention_impl = "auto"  # xla | dot_product_attention (jax.nn: cuDNN flash on GPU) | blockwise | auto
   model.attention_block_size = 512  # query and key block of blockwise attention (never builds the seq x seq matrix)
-  model.blockwise_min_seq_len = 2048  # auto: blockwise from this length on (GPU: dot_product_attention; else xla)
+  model.blockwise_min_seq_len = 2048  # auto: blockwise from this length on (but cuDNN on GPU with 16-bit compute)
   model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
   model.experts_per_token = 2  # top-k: experts each token is routed to
   model.moe_every = 1  # MLP of every k-th layer (the k-th, 2k-th, ...) is MoE when num_experts > 0
@@ -110,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 200  # validation loss every this many steps (and always at the end)
+  ev.masked_lm_seed = 0  # masked objective: seed of the fixed corruption of the validation rows
   ev.max_batches = 16  # validation batches per evaluation, a fixed sample of rows (0 = the whole validation split)
   ev.sample_prompt = "def read_config(path):\n"  # fixed prompt whose continuation is sampled at the end
   ev.sample_tokens = 64  # tokens sampled after the prompt

@@ -31,7 +31,7 @@ class Tokenizer:
   bos_id: int
   eos_id: int
   pad_id: int
-  mask_id: int | None  # None for tokenizers saved before <mask> existed
+  mask_id: int | None  # None for a tokenizer directory without a <mask> piece
 
   @property
   def vocab_size(self) -> int:
@@ -80,6 +80,8 @@ def train(documents: Iterable[Document], vocab_size: int, directory: str, max_se
       num_threads=os.cpu_count() or 1,
       minloglevel=2,
   )
+  if spm.SentencePieceProcessor(model_proto=model.getvalue()).piece_to_id("<mask>") != MASK_ID:
+    raise RuntimeError(f"the trained tokenizer's <mask> piece is not id {MASK_ID}")
   os.makedirs(directory, exist_ok=True)
   # Write the model first and the metadata last: metadata present means the directory is complete.
   with open(os.path.join(directory, MODEL_FILE), "wb") as f:

@@ -68,7 +68,7 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, wi
   group = num_heads // num_kv_heads
   # Query heads are grouped so each group shares one key/value head, without copying k or v.
   q = q.reshape(batch, q_len, num_kv_heads, group, head_dim)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / np.float32(np.sqrt(head_dim))
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.float32(np.sqrt(head_dim))
   if softcap > 0:
     logits = softcap * jnp.tanh(logits / softcap)
   if alibi_slopes is not None:
@@ -83,21 +83,29 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, wi
 
 
 def jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
-  """`jax.nn.dot_product_attention`: cuDNN flash attention on GPU where it applies, XLA elsewhere (same args)."""
+  """`jax.nn.dot_product_attention` (same args as `xla_attention`).
+
+  On GPU it asks for cuDNN flash attention (implementation="cudnn", which takes bfloat16 or
+  float16 and raises on shapes it cannot run); elsewhere it runs jax's XLA version.
+  """
   if softcap > 0:
     raise ValueError("jax.nn.dot_product_attention has no logit soft-cap")
+  implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
   mask = attention_mask(q_index, k_index, q_segment, k_segment, causal=causal, window=window)[:, None]
   bias = None
   if alibi_slopes is not None:
     distance = jnp.abs(q_index[:, :, None] - k_index[:, None, :]).astype(jnp.float32)
-    bias = (-jnp.asarray(alibi_slopes)[None, :, None, None] * distance[:, None]).astype(q.dtype)
+    bias = -jnp.asarray(alibi_slopes)[None, :, None, None] * distance[:, None]
+    # XLA adds the bias in float32 (bfloat16 would round away the small slope differences); cuDNN wants q's dtype.
+    bias = bias.astype(q.dtype) if implementation == "cudnn" else bias
   local_window = None
   if window > 0:  # also in the mask; given separately so cuDNN can skip blocks outside the window
     local_window = (window - 1, 0 if causal else window - 1)
   # is_causal only where query i is key i (self-attention over a row); a decode step masks by index instead.
   same_length = q.shape[1] == k.shape[1]
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal and same_length,
-                                      local_window_size=local_window if same_length else None)
+                                      local_window_size=local_window if same_length else None,
+                                      implementation=implementation)
 
 
 def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int, backend: str | None = None) -> str:
@@ -108,7 +116,8 @@ def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int, backend: st
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
   backend = jax.default_backend() if backend is None else backend
-  if backend == "gpu" and cfg.attention_logit_softcap == 0:
+  # cuDNN flash attention takes 16-bit inputs and has no soft-cap.
+  if backend == "gpu" and cfg.attention_logit_softcap == 0 and cfg.compute_dtype in ("bfloat16", "float16"):
     return "dot_product_attention"
   if seq_len >= cfg.blockwise_min_seq_len:
     return "blockwise"

@@ -67,6 +67,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
   for key in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffn_dim",
               "max_seq_len", "attention_block_size", "blockwise_min_seq_len", "moe_every", "experts_per_token"):
     _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
+  for key in ("norm_eps", "init_std", "rope_theta"):
+    _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
   _one_of("model.mlp_activation", m.mlp_activation, mlp.ACTIVATIONS)
   _one_of("model.position_embedding", m.position_embedding, ("rope", "learned", "alibi", "none"))
   _one_of("model.norm_type", m.norm_type, ("rmsnorm", "layernorm"))
@@ -97,6 +99,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _require(m.sliding_window > 0, f"model.attention_pattern {pattern!r} has local layers but model.sliding_window "
              f"is {m.sliding_window}; it must be positive")
   _require(m.sliding_window >= 0, f"model.sliding_window must be >= 0, got {m.sliding_window}")
+  _require(m.sliding_window == 0 or "local" in pattern, f"model.sliding_window is {m.sliding_window} but "
+           f"model.attention_pattern {pattern!r} has no 'local' layer to apply it to")
   _require(m.attention_logit_softcap >= 0,
            f"model.attention_logit_softcap must be >= 0, got {m.attention_logit_softcap}")
   _require(not (m.attention_impl == "dot_product_attention" and m.attention_logit_softcap > 0),
@@ -118,7 +122,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
 
   _require(0.0 < m.masked_lm_fraction <= 1.0, f"model.masked_lm_fraction must be in (0, 1], got {m.masked_lm_fraction}")
   shares = tuple(m.masked_lm_mask_random_keep)
-  _require(len(shares) == 3 and all(x >= 0 for x in shares) and abs(sum(shares) - 1.0) < 1e-6,
+  _require(len(shares) == 3 and all(isinstance(x, (int, float)) and x >= 0 for x in shares)
+           and abs(sum(shares) - 1.0) < 1e-6,
            f"model.masked_lm_mask_random_keep must be three shares >= 0 summing to 1, got {shares!r}")
 
 

@@ -22,21 +22,37 @@ def init_cache(model: nn.Module, batch_size: int, max_len: int) -> Any:
   Per layer: "key"/"value" [num_groups, batch, slots, num_kv_heads, head_dim] in compute
   dtype, "segment_ids" and "positions" [num_groups, batch, slots] and the write "index"
   [num_groups]; slots = max_len for global layers, min(window, max_len) for local ones.
-  Decoding past max_len is not supported: the caller keeps start + tokens <= max_len.
+  The caller keeps the tokens decoded in total within max_len (inside jit, a write past the end
+  cannot raise).
+
+  Raises:
+    ValueError: max_len exceeds the model's context length, model.max_seq_len.
   """
+  if max_len > model.cfg.max_seq_len:
+    raise ValueError(f"a KV cache of {max_len} tokens exceeds model.max_seq_len ({model.cfg.max_seq_len})")
   tokens = jnp.zeros((batch_size, max_len), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch_size, max_len))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens + 1, positions, decode=True))
+  segment_ids = jnp.ones_like(tokens)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, segment_ids, positions, decode=True))
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
-def decode(model: nn.Module, params: Any, cache: Any, tokens: jax.Array, start: jax.Array) -> tuple[jax.Array, Any]:
-  """Runs `tokens` [batch, t] int32, at positions start .. start + t - 1 of one document per row, through the cache.
+def cached_length(cache: Any) -> jax.Array:
+  """int32 scalar: tokens already written into `cache` (the position of the next one)."""
+  return cache["blocks"]["layer_0"]["attention"]["index"][0]
+
+
+def decode(model: nn.Module, params: Any, cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
+  """Runs `tokens` [batch, t] int32 through the cache: they continue the one document of each row.
+
+  Their positions are cached_length(cache) .. + t - 1, so a prompt can be written in one call
+  (prefill) or in chunks, and then one token per call.
 
   Returns:
     logits [batch, t, vocab] float32 (the same as a full forward pass over the whole prefix)
     and the updated cache.
   """
+  start = cached_length(cache)
   batch, length = tokens.shape
   positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
   (logits, _), mutated = model.apply({"params": params, "cache": cache}, tokens, jnp.ones_like(tokens), positions,

@@ -2,7 +2,7 @@
 
 Each token is routed to its `model.experts_per_token` most probable experts, whose
 outputs are summed with the chosen router probabilities renormalised to sum to 1
-(Mixtral style). Rows are cut into routing groups of `model.moe_group_size` tokens (a
+(Mixtral style; with one expert per token its raw probability, as in Switch). Rows are cut into routing groups of `model.moe_group_size` tokens (a
 shorter row is one group): an expert takes at most C = ceil(capacity_factor * group * k /
 num_experts) assignments of a group, first choices before second choices and earlier
 positions first (GShard / Switch priority); the rest are dropped, so those tokens get
@@ -102,7 +102,9 @@ class MoeMlp(nn.Module):
     logits = nn.with_logical_constraint(logits, ("batch", "activation_seq", None))
     probs = jax.nn.softmax(logits, axis=-1)
     top_probs, top_experts = jax.lax.top_k(probs, k)  # [batch, seq, k]
-    weights = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
+    # With k > 1 the chosen probabilities are renormalised (Mixtral); with k = 1 that would make every
+    # weight exactly 1 and cut the router off from the loss, so the raw probability is kept (Switch).
+    weights = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True) if k > 1 else top_probs
 
     # assigned[b, s, j, e]: choice j of token s goes to expert e (never for padding).
     assigned = jax.nn.one_hot(top_experts, num_experts, dtype=jnp.int32) * mask[:, :, None, None].astype(jnp.int32)

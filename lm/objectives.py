@@ -32,12 +32,13 @@ def masked_lm_batch(batch: dict[str, jax.Array], cfg: ml_collections.ConfigDict,
 
   Returns:
     The batch with "inputs" corrupted, "targets" the original tokens and "loss_mask" ([batch, seq]
-    int32) set on the selected real tokens only.
+    int32) set on the selected tokens only (never padding or special pieces).
   """
   tokens = batch["inputs"]
   select_rng, kind_rng, random_rng = jax.random.split(rng, 3)
-  real = batch["segment_ids"] > 0
-  selected = real & (jax.random.uniform(select_rng, tokens.shape) < cfg.masked_lm_fraction)
+  # Special pieces (BOS, EOS, padding) are never targets, as in BERT.
+  ordinary = (batch["segment_ids"] > 0) & (tokens >= tokenizer_lib.FIRST_ORDINARY_ID)
+  selected = ordinary & (jax.random.uniform(select_rng, tokens.shape) < cfg.masked_lm_fraction)
   mask_share, random_share, _ = cfg.masked_lm_mask_random_keep
   kind = jax.random.uniform(kind_rng, tokens.shape)
   random_tokens = jax.random.randint(random_rng, tokens.shape, tokenizer_lib.FIRST_ORDINARY_ID, cfg.vocab_size)

@@ -100,7 +100,6 @@ _SCORES = ("batch", "activation_heads", "activation_seq", None)
 _ROWS = ("batch", "activation_seq", None)
 
 
-
 def mesh_parts(mesh_axes: Any, mesh_sizes: dict[str, int]) -> int:
   """Devices one dimension is split over: the product of the sizes of its mesh axes (None, a name or a tuple)."""
   if mesh_axes is None:
@@ -132,7 +131,6 @@ def tree_bytes_per_device(boxed: Any, rules, mesh_sizes: dict[str, int], dtype: 
   return total
 
 
-
 def _init_inputs(seq_len: int) -> jax.Array:
   # Parameter shapes do not depend on the sequence length; a short one keeps tracing cheap.
   return jnp.zeros((1, min(seq_len, 16)), jnp.int32)
@@ -157,7 +155,6 @@ def abstract_state(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   with nn.logical_axis_rules(sharding.rules(config.mesh)):
     return jax.eval_shape(init, jax.random.PRNGKey(0))
-
 
 
 def count_parameters(model_config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -192,7 +189,6 @@ def count_parameters(model_config: ml_collections.ConfigDict) -> dict[str, int]:
   counts["active_non_embedding"] = counts["active"] - counts["embedding"]
   counts["approx_12ld2"] = 12 * m.num_layers * m.d_model ** 2
   return counts
-
 
 
 def visible_keys(seq_len: int, window: int, causal: bool) -> float:
@@ -240,7 +236,6 @@ def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> di
   weights = layer_weights + output
   return dict(matmul_weights=weights, output_projection=float(output), six_n=6 * weights, attention=attention_total,
               total=6 * weights + attention_total, moe_dispatch=dispatch)
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,8 +121,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def eval_step(params, batch):
-    # A fixed corruption for the masked objective, so every evaluation scores the same positions.
-    batch = objectives.prepare_batch(batch, config.model, jax.random.PRNGKey(config.data.split_seed))
+    # The masked objective corrupts each validation batch the same way at every evaluation, and
+    # different batches differently: the key is derived from the batch's own tokens.
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.eval.masked_lm_seed), jnp.sum(batch["inputs"]))
+    batch = objectives.prepare_batch(batch, config.model, rng)
     return token_losses(params, model, batch)
 
   def forward(params, inputs, segment_ids, positions):

@@ -89,6 +89,8 @@ def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, 
     (dict(attention_impl="dot_product_attention", attention_logit_softcap=30.0), r"has no logit soft-cap"),
     (dict(masked_lm_mask_random_keep=(0.8, 0.1)), r"model.masked_lm_mask_random_keep must be three shares"),
     (dict(remat_policy="some"), r"model.remat_policy must be one of none, full, save_matmuls"),
+    (dict(sliding_window=16), r"model.sliding_window is 16 but model.attention_pattern \('global',\) has no 'local'"),
+    (dict(norm_eps=0.0), r"model.norm_eps must be positive"),
 ])
 def test_inconsistent_model_fields_are_named(overrides, message):
   config = tiny.get_config()

@@ -46,7 +46,8 @@ def _routing(cfg, params, x):
   probs /= probs.sum(-1, keepdims=True)
   top = np.argsort(-probs, axis=-1)[..., :cfg.experts_per_token]
   top_p = np.take_along_axis(probs, top, -1)
-  return top, top_p / top_p.sum(-1, keepdims=True), logits
+  weights = top_p / top_p.sum(-1, keepdims=True) if cfg.experts_per_token > 1 else top_p
+  return top, weights, logits
 
 
 def _kept_by_priority(cfg, top, mask, cap):
@@ -258,3 +259,19 @@ def test_long_rows_are_routed_in_groups_of_moe_group_size():
   assert moe.capacity(cfg, 32) == math.ceil(0.5 * 8 * 2 / 4)
   with pytest.raises(ValueError, match="moe_group_size = 8"):
     module.apply(params, x[:, :12], mask[:, :12])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_router_learns_from_the_output_for_top_1_and_top_k(k):
+  cfg = _config(experts_per_token=k)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, cfg.d_model))
+  mask = jnp.ones((2, 16), bool)
+  module, params = _init(cfg, x, mask)
+  target = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  grads = jax.grad(lambda p: jnp.mean((module.apply(p, x, mask)[0] - target) ** 2))(params)
+  assert float(jnp.abs(grads["params"]["router"]).max()) > 1e-7  # a router cut off from the loss gets ~1e-12
+  if k == 1:  # Switch: the output is the chosen expert's output scaled by its raw probability
+    y, _ = module.apply(params, x, mask)
+    kept = np.ones((2, 16, 1), bool)
+    np.testing.assert_allclose(np.asarray(y), _reference(cfg, params, x, kept), rtol=1e-4, atol=1e-5)
+    assert np.all(_routing(cfg, params, x)[1] < 1.0)

@@ -49,7 +49,6 @@ def _real_params(name):
   return nn.meta.unbox(model.init(jax.random.PRNGKey(0), tokens, jnp.ones_like(tokens), positions)["params"])
 
 
-
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_configs_validate_on_their_device_count(name):
   module = importlib.import_module(f"configs.{name}")
@@ -83,7 +82,6 @@ def test_family_choices():
   assert _config("gpt2_tiny").model.position_embedding == "learned"
   assert _config("mistral_tiny").model.attention_pattern == ("local",)
   assert _config("mixtral_tiny").model.num_experts == 4
-
 
 
 @pytest.mark.parametrize("name, key, published, exact", [
@@ -124,7 +122,6 @@ def test_12ld2_approximation_holds_for_gpt2_shapes(name):
   counts = params.count_parameters(_config(name).model)
   # 12·L·d² leaves out only biases and norm scales (13·L·d), well under 1% at these widths.
   assert abs(counts["approx_12ld2"] / counts["non_embedding"] - 1) < 0.01
-
 
 
 @pytest.mark.parametrize("name", ("gpt2_tiny", "llama_tiny"))
@@ -182,7 +179,6 @@ def test_moe_flops_count_active_experts():
   assert flops["moe_dispatch"] > 0 and flops["total"] == flops["six_n"] + flops["attention"]
 
 
-
 def _shard_bytes(tree):
   return sum(x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(tree))
 
@@ -235,7 +231,7 @@ def test_memory_estimate_is_close_to_the_compiled_peak(remat, mesh):
   estimate = params.memory_per_device(config, dict(device_mesh.shape), backend="cpu")
   measured = _compiled_peak(config, device_mesh)
   assert estimate["activations"] > estimate["parameters"] + estimate["gradients"] + estimate["optimizer"]
-  assert abs(estimate["total"] / measured - 1) < 0.25, (estimate["total"], measured)
+  assert abs(estimate["total"] / measured - 1) < 0.10, (estimate["total"], measured)
 
 
 def test_remat_policies_order_the_activation_estimate():
@@ -250,7 +246,6 @@ def test_shard_elements_rounds_uneven_splits_up():
   sizes = dict(data=2, fsdp=4, expert=1, tensor=3)
   assert params.shard_elements((10, 7), ("embed", "vocab"), rules, sizes) == 3 * 3
   assert params.shard_elements((8, 5), ("batch", "activation_seq"), rules, sizes) == 1 * 5
-
 
 
 def _cli(*args):

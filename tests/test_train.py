@@ -134,8 +134,8 @@ def test_masked_lm_scores_only_selected_positions_with_bidirectional_attention(t
   state = trainer.init_state(jax.random.PRNGKey(0))
   host = next(train_iterator(config))
   total, count = trainer.eval_step(state.params, sharding.global_batch(host, trainer.batch_sharding))
-  prepared = objectives.prepare_batch({k: jnp.asarray(v) for k, v in host.items()}, config.model,
-                                      jax.random.PRNGKey(config.data.split_seed))
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.eval.masked_lm_seed), int(host["inputs"].sum()))
+  prepared = objectives.prepare_batch({k: jnp.asarray(v) for k, v in host.items()}, config.model, rng)
   selected = np.asarray(prepared["loss_mask"]).astype(bool)
   assert float(count) == selected.sum() and 0.1 < selected.sum() / (host["segment_ids"] > 0).sum() < 0.2
   # The loss is the cross-entropy at selected positions only, of the original tokens.
@@ -144,7 +144,7 @@ def test_masked_lm_scores_only_selected_positions_with_bidirectional_attention(t
   log_probs = jax.nn.log_softmax(logits)
   picked = np.take_along_axis(np.asarray(log_probs), np.asarray(host["inputs"])[..., None], axis=-1)[..., 0]
   np.testing.assert_allclose(float(total), -picked[selected].sum(), rtol=1e-4)
-  # Bidirectional: the first token's logits change when the last token of its document changes.
+  # Bidirectional: the first token's logits change when a later token of its document changes.
   inputs = prepared["inputs"]
   changed = inputs.at[0, 1].set((inputs[0, 1] + 1) % config.model.vocab_size)
   a, _ = trainer.model.apply({"params": state.params}, inputs, prepared["segment_ids"], prepared["positions"])
