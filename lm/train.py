@@ -107,7 +107,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
 
     def loss_fn(params):
       logits, moe = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
-      sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"])
+      sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"],
+                                      with_logits_z=config.model.logits_z_loss_weight > 0)
       return objectives.total_loss(sums, moe, config.model), (sums, moe)
 
     (loss, (sums, moe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -115,9 +116,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     params = optax.apply_updates(state.params, updates)
     tokens = jnp.maximum(sums["tokens"], 1.0)
     metrics = {"train/loss": sums["cross_entropy"] / tokens, "train/total_loss": loss,
-               "train/logits_z_loss": sums["logits_z"] / tokens, "train/grad_norm": optax.global_norm(grads),
-               "train/learning_rate": schedule(state.step), "train/target_tokens": sums["tokens"],
-               **moe_metrics(moe)}
+               "train/grad_norm": optax.global_norm(grads), "train/learning_rate": schedule(state.step),
+               "train/target_tokens": sums["tokens"], **moe_metrics(moe)}
+    if "logits_z" in sums:
+      metrics["train/logits_z_loss"] = sums["logits_z"] / tokens
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def eval_step(params, batch):
