@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.attention_pattern = ("global",)  # 'global' | 'local' per layer, repeated over depth (length divides num_layers)
   model.attention_impl = "auto"  # xla | dot_product_attention (jax.nn: cuDNN flash on GPU) | blockwise | auto
   model.attention_block_size = 512  # query and key block of blockwise attention (never builds the seq x seq matrix)
-  model.blockwise_min_seq_len = 2048  # auto: blockwise from this length on (but cuDNN on GPU with 16-bit compute)
+  model.blockwise_min_seq_len = 1024  # auto: blockwise from this length on (but cuDNN on GPU with 16-bit compute)
   model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
   model.experts_per_token = 2  # top-k: experts each token is routed to
   model.moe_every = 1  # MLP of every k-th layer (the k-th, 2k-th, ...) is MoE when num_experts > 0

@@ -66,9 +66,11 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, wi
   batch, q_len, num_heads, head_dim = q.shape
   num_kv_heads = k.shape[2]
   group = num_heads // num_kv_heads
-  # Query heads are grouped so each group shares one key/value head, without copying k or v.
-  q = q.reshape(batch, q_len, num_kv_heads, group, head_dim)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.float32(np.sqrt(head_dim))
+  # Query heads are grouped so each group shares one key/value head, without copying k or v. The
+  # (small) queries are transposed to [batch, kv_heads, group, q_len, head_dim] first, so the dot
+  # product writes the [q_len, k_len] logits in place instead of transposing them afterwards.
+  q = q.reshape(batch, q_len, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+  logits = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.float32(np.sqrt(head_dim))
   if softcap > 0:
     logits = softcap * jnp.tanh(logits / softcap)
   if alibi_slopes is not None:
