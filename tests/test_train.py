@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import jax
@@ -173,3 +174,17 @@ def test_moe_run_reports_dropped_tokens_in_the_metrics_stream(tiny_config, capsy
   assert [r["step"] for r in logged] == [3, 6]
   assert all(r["train/moe_dropped_tokens"] > 0 and 0 < r["train/moe_dropped_fraction"] < 1 for r in logged)
   assert "moe: dropped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "llama_tiny", "mistral_tiny", "mixtral_tiny"])
+def test_cpu_sized_zoo_configs_train(name, train_iterator):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config_lib.validate(config, jax.device_count())
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  it = train_iterator(config)
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  losses = []
+  for _ in range(config.train.steps):
+    state, metrics = trainer.train_step(state, sharding.global_batch(next(it), trainer.batch_sharding))
+    losses.append(float(metrics["train/loss"]))
+  assert np.all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
