@@ -231,7 +231,7 @@ def test_memory_estimate_is_close_to_the_compiled_peak(remat, mesh):
   estimate = params.memory_per_device(config, dict(device_mesh.shape), backend="cpu")
   measured = _compiled_peak(config, device_mesh)
   assert estimate["activations"] > estimate["parameters"] + estimate["gradients"] + estimate["optimizer"]
-  assert abs(estimate["total"] / measured - 1) < 0.10, (estimate["total"], measured)
+  assert abs(estimate["total"] / measured - 1) < 0.15, (estimate["total"], measured)
 
 
 def test_remat_policies_order_the_activation_estimate():
