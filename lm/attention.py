@@ -44,12 +44,6 @@ def attention_mask(q_index, k_index, q_segment, k_segment, *, causal: bool, wind
   return allowed
 
 
-def document_causal_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
-  """[batch, 1, seq, seq] bool: causal attention within each packed document of a row."""
-  index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
-  return attention_mask(index, index, segment_ids, segment_ids, causal=True, window=0)[:, None]
-
-
 def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
   """Attention with the full logits matrix, softmax in float32.
 

@@ -34,7 +34,6 @@ REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projection outputs
 }
-MOE_METRICS = ("load_balance_loss", "router_z_loss", "dropped_tokens", "routed_tokens")
 
 
 def group_size(cfg: ml_collections.ConfigDict) -> int:
@@ -141,7 +140,7 @@ class Transformer(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "activation_seq", "activation_embed"))
 
     group = Group
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and not decode:  # decoding has no backward pass to save memory for
       group = nn.remat(Group, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     num_groups = cfg.num_layers // group_size(cfg)
     blocks = nn.scan(group, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},

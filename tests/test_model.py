@@ -11,7 +11,6 @@ from lm import generate
 from lm import mlp
 from lm import model as model_lib
 from lm import positions as positions_lib
-from lm.attention import document_causal_mask
 
 
 def _model(**overrides):
@@ -114,7 +113,8 @@ def test_parameter_counts_of_options():
 
 
 def test_document_causal_mask():
-  mask = np.asarray(document_causal_mask(jnp.array([[1, 1, 2, 2, 0]])))[0, 0]
+  segment_ids, index = jnp.array([[1, 1, 2, 2, 0]]), jnp.arange(5)[None]
+  mask = np.asarray(attention.attention_mask(index, index, segment_ids, segment_ids, causal=True, window=0))[0]
   expected = np.array([
       [1, 0, 0, 0, 0],
       [1, 1, 0, 0, 0],
