@@ -44,14 +44,14 @@ class TrainState:
   rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
 
 
-def token_losses(params, model: nn.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """(summed cross-entropy in nats over loss_mask, number of target tokens), float32 scalars.
+def batch_losses(params, model: nn.Module, batch: dict[str, jax.Array],
+                 with_logits_z: bool = False) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """(`objectives.summed_losses` of the model on `batch`, the model's MoE statistics ({} if dense)).
 
   `batch` is already prepared for the objective (see `objectives.prepare_batch`).
   """
-  logits, _ = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
-  sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"])
-  return sums["cross_entropy"], sums["tokens"]
+  logits, moe = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
+  return objectives.summed_losses(logits, batch["targets"], batch["loss_mask"], with_logits_z), moe
 
 
 def moe_metrics(moe: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -106,9 +106,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     batch = objectives.prepare_batch(batch, config.model, rng)
 
     def loss_fn(params):
-      logits, moe = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
-      sums = objectives.summed_losses(logits, batch["targets"], batch["loss_mask"],
-                                      with_logits_z=config.model.logits_z_loss_weight > 0)
+      sums, moe = batch_losses(params, model, batch, with_logits_z=config.model.logits_z_loss_weight > 0)
       return objectives.total_loss(sums, moe, config.model), (sums, moe)
 
     (loss, (sums, moe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -126,8 +124,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     # The masked objective corrupts each validation batch the same way at every evaluation, and
     # different batches differently: the key is derived from the batch's own tokens.
     rng = jax.random.fold_in(jax.random.PRNGKey(config.eval.masked_lm_seed), jnp.sum(batch["inputs"]))
-    batch = objectives.prepare_batch(batch, config.model, rng)
-    return token_losses(params, model, batch)
+    sums, _ = batch_losses(params, model, objectives.prepare_batch(batch, config.model, rng))
+    return sums["cross_entropy"], sums["tokens"]
 
   def forward(params, inputs, segment_ids, positions):
     return model.apply({"params": params}, inputs, segment_ids, positions)[0]
