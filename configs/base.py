@@ -66,6 +66,12 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.fsdp = 1  # fully-sharded data-parallel axis: parameters and optimizer state sharded, batch too
   mesh.expert = 1  # expert-parallel axis: MoE experts sharded; dense layers use it as more data parallelism
   mesh.tensor = 1  # tensor-parallel axis: heads, MLP width and vocabulary sharded
+  # The sizes above are within one slice (ICI / NVLink). Across slices or nodes (DCN) each axis is
+  # multiplied by its dcn_ size; slices are outermost, so only that axis's collectives cross the DCN.
+  mesh.dcn_data = 1  # slices the data axis spans (multi-slice data parallelism: gradients cross the DCN once a step)
+  mesh.dcn_fsdp = 1  # slices the fsdp axis spans (parameter gathers cross the DCN every layer)
+  mesh.dcn_expert = 1  # slices the expert axis spans
+  mesh.dcn_tensor = 1  # slices the tensor axis spans (rarely wise: activations cross the DCN every layer)
   # Logical axis name -> mesh axes. Parameter axes and activation axes have separate names,
   # so that e.g. the embed dimension of weights is FSDP-sharded while that of activations is not.
   mesh.rules = (

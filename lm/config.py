@@ -139,26 +139,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _require(0.0 < d.validation_fraction < 1.0, f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
   _require(d.num_packing_bins > 0, f"data.num_packing_bins must be positive, got {d.num_packing_bins}")
 
-  for key in ("data", "fsdp", "expert", "tensor"):
+  for key in sharding.MESH_AXES + sharding.DCN_FIELDS:
     _require(mesh[key] > 0 or key == "data" and mesh[key] == -1,
              f"mesh.{key} must be positive{' or -1' if key == 'data' else ''}, got {mesh[key]}")
   try:
-    data_size, _, _, _ = sharding.mesh_shape(mesh, num_devices)
+    sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(mesh, num_devices)))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  data_parallel = data_size * mesh.fsdp * mesh.expert
+  data_parallel = sizes["data"] * sizes["fsdp"] * sizes["expert"]
   _require(t.global_batch_size > 0, f"train.global_batch_size must be positive, got {t.global_batch_size}")
   _require(t.global_batch_size % data_parallel == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the data-parallel size "
-           f"mesh.data x mesh.fsdp x mesh.expert = {data_size} x {mesh.fsdp} x {mesh.expert} = {data_parallel}")
+           f"data x fsdp x expert = {sizes['data']} x {sizes['fsdp']} x {sizes['expert']} = {data_parallel}")
   _require(t.global_batch_size % process_count == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the {process_count} processes")
-  for key in ("num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
-    _require(m[key] % mesh.tensor == 0, f"model.{key} ({m[key]}) is not divisible by mesh.tensor ({mesh.tensor})")
-  _require(m.d_model % mesh.fsdp == 0, f"model.d_model ({m.d_model}) is not divisible by mesh.fsdp ({mesh.fsdp})")
-  if m.num_experts > 0:
-    _require(m.num_experts % mesh.expert == 0,
-             f"model.num_experts ({m.num_experts}) is not divisible by mesh.expert ({mesh.expert})")
+  # Every parameter dimension must split evenly over the mesh axes its logical name maps to.
+  try:
+    sharding.check_divisible(model.abstract_params(m), sharding.rules(mesh), sizes)
+  except sharding.ShardingError as e:
+    raise ConfigError(str(e)) from None
 
   _require(t.steps > 0, f"train.steps must be positive, got {t.steps}")
   _require(t.run_dir != "", "train.run_dir must name a directory")

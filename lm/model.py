@@ -172,3 +172,15 @@ def _reduce_moe_metrics(cfg, metrics: dict[str, jax.Array]) -> dict[str, jax.Arr
 
 def from_config(model_config: ml_collections.ConfigDict) -> Transformer:
   return Transformer(ml_collections.FrozenConfigDict(model_config))
+
+
+def init_inputs(seq_len: int) -> jax.Array:
+  """A [1, <= 16] int32 dummy input for `init`: parameter shapes do not depend on the sequence length."""
+  return jnp.zeros((1, min(seq_len, 16)), jnp.int32)
+
+
+def abstract_params(model_config: ml_collections.ConfigDict) -> Any:
+  """The parameter tree of `init`: ShapeDtypeStructs boxed with logical axis names (nn.Partitioned); allocates nothing."""
+  model = from_config(model_config)
+  dummy = init_inputs(model_config.max_seq_len)
+  return jax.eval_shape(lambda rng: model.init(rng, dummy, dummy, dummy)["params"], jax.random.PRNGKey(0))

@@ -1,7 +1,7 @@
 """Parameter, FLOP and memory accounting of a config, from shapes alone: nothing is allocated.
 
-    python -m lm.params --config configs/llama2_7b.py [--mesh data=1,fsdp=8,expert=1,tensor=1]
-        [--num_devices N] [--device_memory_gb 80] [--platform gpu] [--config.GROUP.FIELD=VALUE ...]
+    python -m lm.params --config configs/llama2_7b.py [--mesh data=1,fsdp=8,expert=1,tensor=1,dcn_data=1]
+        [--num_devices N] [--shardings] [--device_memory_gb 80] [--platform gpu] [--config.GROUP.FIELD=VALUE ...]
 
 Parameters are the leaves of `jax.eval_shape(model.init)`, so they are exactly what the model
 creates. Embedding parameters are the token table, the learned position table and the untied
@@ -100,20 +100,9 @@ _SCORES = ("batch", "activation_heads", "activation_seq", None)
 _ROWS = ("batch", "activation_seq", None)
 
 
-def mesh_parts(mesh_axes: Any, mesh_sizes: dict[str, int]) -> int:
-  """Devices one dimension is split over: the product of the sizes of its mesh axes (None, a name or a tuple)."""
-  if mesh_axes is None:
-    return 1
-  if isinstance(mesh_axes, str):
-    return mesh_sizes[mesh_axes]
-  return math.prod(mesh_sizes[axis] for axis in mesh_axes)
-
-
-def shard_elements(shape: Sequence[int], logical_axes: Sequence[str | None], rules, mesh_sizes: dict[str, int]) -> int:
-  """Elements of one device's shard of an array of `shape` with `logical_axes` (GSPMD pads uneven splits)."""
-  logical_axes = tuple(logical_axes) + (None,) * (len(shape) - len(logical_axes))
-  mesh_axes = nn.logical_to_mesh_axes(logical_axes, rules)
-  return math.prod(-(-dim // mesh_parts(axes, mesh_sizes)) for dim, axes in zip(shape, mesh_axes))
+mesh_parts = sharding.mesh_parts
+shard_elements = sharding.shard_elements
+abstract_params = model_lib.abstract_params
 
 
 def tree_bytes_per_device(boxed: Any, rules, mesh_sizes: dict[str, int], dtype: Any = None) -> int:
@@ -122,32 +111,16 @@ def tree_bytes_per_device(boxed: Any, rules, mesh_sizes: dict[str, int], dtype: 
   Leaves boxed with logical names (nn.Partitioned) are split by `rules`; plain leaves are replicated.
   dtype: count every leaf at this dtype instead of its own.
   """
-  specs = jax.tree_util.tree_leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, PartitionSpec))
-  leaves = jax.tree_util.tree_leaves(nn.meta.unbox(boxed))
-  total = 0
-  for leaf, spec in zip(leaves, specs, strict=True):
-    itemsize = jnp.dtype(dtype if dtype is not None else leaf.dtype).itemsize
-    total += shard_elements(leaf.shape, tuple(spec), rules, mesh_sizes) * itemsize
-  return total
-
-
-def _init_inputs(seq_len: int) -> jax.Array:
-  # Parameter shapes do not depend on the sequence length; a short one keeps tracing cheap.
-  return jnp.zeros((1, min(seq_len, 16)), jnp.int32)
-
-
-def abstract_params(model_config: ml_collections.ConfigDict) -> Any:
-  """The parameter tree of `model.init`: ShapeDtypeStructs boxed with logical axis names (nn.Partitioned)."""
-  model = model_lib.from_config(model_config)
-  dummy = _init_inputs(model_config.max_seq_len)
-  return jax.eval_shape(lambda rng: model.init(rng, dummy, dummy, dummy)["params"], jax.random.PRNGKey(0))
+  if dtype is not None:
+    boxed = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), boxed)
+  return sharding.describe(boxed, rules, mesh_sizes)[2]
 
 
 def abstract_state(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{"params", "opt_state"} of the train state `lm.train` builds, as boxed ShapeDtypeStructs."""
   model = model_lib.from_config(config.model)
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
-  dummy = _init_inputs(config.data.seq_len)
+  dummy = model_lib.init_inputs(config.data.seq_len)
 
   def init(rng):
     params = model.init(rng, dummy, dummy, dummy)["params"]
@@ -401,8 +374,8 @@ def parse_mesh(text: str) -> dict[str, int]:
     axis = axis.strip()
     if not sep:
       raise ValueError(f"--mesh entry {entry!r} is not AXIS=SIZE (e.g. --mesh data=2,fsdp=4)")
-    if axis not in sharding.MESH_AXES:
-      raise ValueError(f"--mesh axis {axis!r} is not one of {', '.join(sharding.MESH_AXES)}")
+    if axis not in sharding.MESH_AXES + sharding.DCN_FIELDS:
+      raise ValueError(f"--mesh axis {axis!r} is not one of {', '.join(sharding.MESH_AXES + sharding.DCN_FIELDS)}")
     try:
       size = int(value)
     except ValueError:
@@ -416,14 +389,16 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def resolve_mesh(mesh_config: ml_collections.ConfigDict, overrides: dict[str, int],
                  num_devices: int = 0) -> dict[str, int]:
-  """Mesh sizes: config.mesh with `overrides`; data = -1 takes the devices left of `num_devices` (0: data = 1)."""
-  sizes = {axis: overrides.get(axis, mesh_config[axis]) for axis in sharding.MESH_AXES}
-  if sizes["data"] == -1:
-    others = sizes["fsdp"] * sizes["expert"] * sizes["tensor"]
+  """Total mesh sizes (within-slice x across-slice) of config.mesh with `overrides` (axis or dcn_axis keys);
+  data = -1 takes the devices left of `num_devices` (0: data = 1 per slice)."""
+  ici = {axis: overrides.get(axis, mesh_config[axis]) for axis in sharding.MESH_AXES}
+  dcn = {axis: overrides.get(f"dcn_{axis}", mesh_config[f"dcn_{axis}"]) for axis in sharding.MESH_AXES}
+  if ici["data"] == -1:
+    others = ici["fsdp"] * ici["expert"] * ici["tensor"] * math.prod(dcn.values())
     if num_devices and num_devices % others:
-      raise ValueError(f"fsdp * expert * tensor = {others} does not divide --num_devices={num_devices}")
-    sizes["data"] = num_devices // others if num_devices else 1
-  return sizes
+      raise ValueError(f"fsdp * expert * tensor * slices = {others} does not divide --num_devices={num_devices}")
+    ici["data"] = num_devices // others if num_devices else 1
+  return {axis: ici[axis] * dcn[axis] for axis in sharding.MESH_AXES}
 
 
 def _count(n: float) -> str:
@@ -511,6 +486,26 @@ def report(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], device
   return "\n".join(lines)
 
 
+def sharding_report(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> str:
+  """Every parameter's path, shape, dtype, mesh PartitionSpec and bytes per device, then the totals of the
+  parameters and the optimizer state against an even split over all devices."""
+  rules = sharding.rules(config.mesh)
+  state = abstract_state(config)
+  num_devices = math.prod(mesh_sizes[axis] for axis in sharding.MESH_AXES)
+  param_lines, param_total, param_local = sharding.describe(state["params"], rules, mesh_sizes)
+  _, opt_total, opt_local = sharding.describe(state["opt_state"], rules, mesh_sizes)
+  mesh_text = " ".join(f"{axis}={mesh_sizes[axis]}" for axis in sharding.MESH_AXES)
+  lines = [f"Parameter shardings (mesh {mesh_text}; optimizer moments share each parameter's layout)",
+           f"{'parameter':56s} {'shape':22s} {'dtype':9s} {'PartitionSpec':44s} {'bytes/device':>14s}"]
+  lines += param_lines
+  lines.append("")
+  for label, total, local in (("parameters", param_total, param_local), ("optimizer state", opt_total, opt_local),
+                              ("parameters + optimizer state", param_total + opt_total, param_local + opt_local)):
+    lines.append(f"{label:<30s} total {_bytes(total):>10s}  per device {_bytes(local):>10s}  "
+                 f"({local / (total / num_devices):.3f} x an even split over {num_devices} devices)")
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   flag_values = flags.FLAGS
@@ -524,8 +519,9 @@ def main(argv: Sequence[str]) -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   data_defaulted = config.mesh.data == -1 and "data" not in overrides and not flag_values.num_devices
-  for axis in sharding.MESH_AXES:
-    config.mesh[axis] = sizes[axis]
+  for key, size in overrides.items():
+    config.mesh[key] = size
+  config.mesh.data = sizes["data"] // config.mesh.dcn_data
   try:
     config_lib.validate(config, math.prod(sizes.values()), 1)
   except config_lib.ConfigError as e:
@@ -535,6 +531,9 @@ def main(argv: Sequence[str]) -> None:
     print("note: mesh.data = -1 is taken as 1; pass --num_devices N or --mesh data=N for more data parallelism\n")
   print(report(config, sizes, flag_values.device_memory_gb, flag_values.platform or None,
                name=config_flags.get_config_filename(flag_values["config"])))
+  if flag_values.shardings:
+    print()
+    print(sharding_report(config, sizes))
 
 
 def _define_flags() -> None:
@@ -546,6 +545,7 @@ def _define_flags() -> None:
   flags.DEFINE_float("device_memory_gb", 0.0, "Memory of one device in GB (1e9 bytes); prints whether the step fits.")
   flags.DEFINE_enum("platform", "", ["", "cpu", "gpu", "tpu"], "Platform that decides attention_impl 'auto' "
                     "(flash attention on gpu); '' = this machine's.")
+  flags.DEFINE_bool("shardings", False, "Also print every parameter's PartitionSpec and bytes per device.")
   flags.mark_flags_as_required(["config"])
 
 

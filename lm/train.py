@@ -33,6 +33,7 @@ from lm import metrics as metrics_lib
 from lm import model as model_lib
 from lm import objectives
 from lm import optim
+from lm import params as params_lib
 from lm import sharding
 
 
@@ -258,6 +259,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
   param_count = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   _log(f"model: {param_count:,} parameters")
+  layout = params_lib.sharding_report(config, dict(mesh.shape))
+  if is_main:
+    with open(os.path.join(run_dir, "shardings.txt"), "w") as f:
+      f.write(layout + "\n")
+  _log("\n".join(layout.splitlines()[-3:]) + f"  (every parameter: {os.path.join(run_dir, 'shardings.txt')})")
 
   writer = metrics_lib.MetricsWriter(run_dir, enabled=is_main)
   flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)

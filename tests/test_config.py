@@ -2,6 +2,7 @@ import pytest
 
 from configs import base, demo, tiny
 from lm import config as config_lib
+from lm import sharding
 
 
 @pytest.mark.parametrize("make", [base.get_config, demo.get_config, tiny.get_config])
@@ -55,16 +56,45 @@ def test_mesh_must_match_devices_and_model_must_divide_by_it():
   with pytest.raises(config_lib.ConfigError,
                      match=r"mesh.data \* mesh.fsdp \* mesh.expert \* mesh.tensor = 2\*2\*1\*1 = 4 but there are 8"):
     config_lib.validate(config, num_devices=8)
-  config.mesh.data, config.mesh.tensor = 1, 8
-  with pytest.raises(config_lib.ConfigError, match=r"model.num_heads \(4\) is not divisible by mesh.tensor \(8\)"):
-    config_lib.validate(config, num_devices=16)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 8
+  with pytest.raises(config_lib.ConfigError, match=(
+      r"parameter blocks/layer_0/attention/key of shape \(2, 64, 2, 16\): dimension 2 \('kv_heads', size 2\) is "
+      r"not divisible by mesh tensor=8 = 8 under the rule \('kv_heads', 'tensor'\) of mesh.rules")):
+    config_lib.validate(config, num_devices=8)
+  config.mesh.tensor, config.mesh.fsdp = 1, 8
+  config.model.d_model = 60
+  config.model.num_heads = 4
+  with pytest.raises(config_lib.ConfigError, match=r"parameter blocks/layer_0/attention/key of shape "
+                     r"\(2, 60, 2, 16\): dimension 1 \('embed', size 60\) .* \('embed', 'fsdp'\)"):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_rules_must_name_mesh_axes():
+  config = tiny.get_config()
+  config.mesh.rules = tuple(config.mesh.rules) + (("heads", "model"),)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"mesh.rules entry \('heads', 'model'\): mesh axis 'model' is not one of data, fsdp"):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_across_slice_sizes_multiply_the_mesh():
+  config = tiny.get_config()
+  config.mesh.fsdp, config.mesh.dcn_data = 2, 2
+  config_lib.validate(config, num_devices=8)  # data 2 per slice x 2 slices, fsdp 2
+  assert sharding.mesh_shape(config.mesh, 8) == (4, 2, 1, 1)
+  mesh = sharding.make_mesh(config.mesh)
+  # Slices are outermost on the data axis: its first half lies on the first slice's devices.
+  assert {d.id for d in mesh.devices[:2].reshape(-1)} == {0, 1, 2, 3}
+  config.mesh.dcn_data = 3
+  with pytest.raises(config_lib.ConfigError, match=r"3 slices does not divide the 8 devices"):
+    config_lib.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["--config.model.num_expert=4"], "num_expert"),
     (["--config.train.steps=abc"], "train.steps"),
     (["--config.data.path=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
-    (["--config.train.global_batch_size=12"], "(12) is not divisible by the data-parallel size mesh.data x mesh.fsdp x mesh.expert = 8 x 1 x 1 = 8"),
+    (["--config.train.global_batch_size=12"], "(12) is not divisible by the data-parallel size data x fsdp x expert = 8 x 1 x 1 = 8"),
 ])
 def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, message):
   result = launch(tmp_path / "run", *overrides)
@@ -104,7 +134,8 @@ def test_experts_must_divide_by_the_expert_axis():
   config = tiny.get_config()
   config.model.num_experts, config.mesh.expert = 6, 4
   config.mesh.data = 2
-  with pytest.raises(config_lib.ConfigError, match=r"model.num_experts \(6\) is not divisible by mesh.expert \(4\)"):
+  with pytest.raises(config_lib.ConfigError, match=r"parameter blocks/layer_0/moe/.* dimension 1 \('expert', size 6\) "
+                     r"is not divisible by mesh expert=4"):
     config_lib.validate(config, num_devices=8)
 
 

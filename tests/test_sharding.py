@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from lm import params
 from lm import sharding
 from lm import train
 
@@ -37,8 +38,26 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator)
   assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)
   mu = state.opt_state[1][0].mu["blocks"]["layer_0"]["attention"]["query"]  # AdamW first moment shares the layout
   assert mu.sharding.spec == query.sharding.spec
-  lines = sharding.describe(state.params, trainer.state_shardings.params)
-  assert any("query" in line and "'fsdp', 'tensor'" in line for line in lines)
+  lines, _, _ = sharding.describe(params.abstract_params(config.model), trainer.rules, dict(trainer.mesh.shape))
+  assert any("attention/query" in line and "P(None, 'fsdp', 'tensor', None)" in line and f"{2 * 32 * 2 * 16 * 4:,}"
+             in line for line in lines)
+
+
+def test_fsdp_8_splits_parameters_and_optimizer_state_eightfold(train_iterator):
+  config = tiny.get_config()
+  _, trainer, state = _loss_and_shardings(config, (1, 8, 1, 1), next(train_iterator(config)))
+  abstract = params.abstract_state(config)
+  sizes = dict(trainer.mesh.shape)
+  _, param_total, param_local = sharding.describe(abstract["params"], trainer.rules, sizes)
+  _, opt_total, opt_local = sharding.describe(abstract["opt_state"], trainer.rules, sizes)
+  assert param_local + opt_local <= (param_total + opt_total) / 8 * 1.05
+  # The helper's figure is what device 0 really holds.
+  device = jax.devices()[0]
+  held = sum(shard.data.nbytes for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state))
+             for shard in leaf.addressable_shards if shard.device == device)
+  assert held == param_local + opt_local
+  report = params.sharding_report(config, sizes)
+  assert "parameters + optimizer state" in report and "1.000 x an even split over 8 devices" in report
 
 
 def test_moe_loss_is_the_same_with_experts_sharded_over_the_expert_axis(train_iterator):
@@ -63,3 +82,24 @@ def test_mesh_shape_resolves_data_axis():
   config.mesh.data = 3
   with pytest.raises(ValueError, match="3\\*2\\*1\\*1 = 6 but there are 8 devices"):
     sharding.mesh_shape(config.mesh, 8)
+
+
+def test_one_train_step_is_the_same_under_every_mesh(train_iterator):
+  """data x fsdp x tensor = 8x1x1, 1x8x1, 2x2x2, 1x2x4: same loss and same updated parameters."""
+  config = tiny.get_config()
+  config.model.num_kv_heads = 4  # the tensor axis of 4 splits the key/value heads too
+  host_batch = next(train_iterator(config))
+  results = {}
+  for data, fsdp, tensor in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
+    config.mesh.data, config.mesh.fsdp, config.mesh.expert, config.mesh.tensor = data, fsdp, 1, tensor
+    trainer = train.build(config, sharding.make_mesh(config.mesh))
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    state, metrics = trainer.train_step(state, sharding.global_batch(host_batch, trainer.batch_sharding))
+    results[(data, fsdp, tensor)] = float(metrics["train/loss"]), jax.device_get(state.params)
+  reference_loss, reference_params = results[(8, 1, 1)]
+  for shape, (loss, updated) in results.items():
+    assert abs(loss - reference_loss) / reference_loss <= 1e-5, (shape, loss, reference_loss)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(updated), jax.tree_util.tree_leaves(reference_params),
+                            strict=True):
+      relative = np.linalg.norm(a - b) / np.linalg.norm(b)
+      assert relative <= 1e-5, (shape, jax.tree_util.keystr(path), relative)
