@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.init_std = 0.02  # std of the normal init of embeddings and kernels (normal and scaled_output schemes)
   model.remat_policy = "none"  # activation recomputation per layer: none | full | save_matmuls (keep matmul outputs)
   model.param_dtype = "float32"  # dtype of parameters (the master weights)
-  model.compute_dtype = "float32"  # dtype of matmuls and activations: float32 on CPU, bfloat16 on accelerators
+  model.compute_dtype = "auto"  # dtype of matmuls and activations; auto = float32 on CPU, bfloat16 on GPU / TPU
 
   config.data = data = ml_collections.ConfigDict()
   data.path = ""  # '' = the embedded corpus (Python docs + stdlib source); else a JSONL file or a folder of text files
@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.b2 = 0.95  # AdamW second-moment decay
   optim.eps = 1e-8  # AdamW epsilon
   optim.clip_norm = 1.0  # global gradient-norm clipping threshold
+  optim.state_dtype = "float32"  # dtype AdamW's moments are stored in (updated in float32): float32 | bfloat16
 
   config.train = train = ml_collections.ConfigDict()
   train.run_dir = "runs/default"  # holds config.json, tokenizer/, checkpoints/, events/, metrics.jsonl, samples.txt

@@ -113,7 +113,8 @@ def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int, backend: st
     return cfg.attention_impl
   backend = jax.default_backend() if backend is None else backend
   # cuDNN flash attention takes 16-bit inputs and has no soft-cap.
-  if backend == "gpu" and cfg.attention_logit_softcap == 0 and cfg.compute_dtype in ("bfloat16", "float16"):
+  if (backend == "gpu" and cfg.attention_logit_softcap == 0
+      and layers.compute_dtype_name(cfg.compute_dtype, backend) in ("bfloat16", "float16")):
     return "dot_product_attention"
   if seq_len >= cfg.blockwise_min_seq_len:
     return "blockwise"

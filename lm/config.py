@@ -7,6 +7,7 @@ Each error names the config key and what was expected.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ import ml_collections
 
 from configs import base
 from lm import attention
+from lm import layers
 from lm import mlp
 from lm import model
 from lm import objectives
@@ -77,8 +79,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
   _one_of("model.objective", m.objective, objectives.OBJECTIVES)
   _one_of("model.init_scheme", m.init_scheme, ("normal", "scaled_output", "fan_in"))
   _one_of("model.remat_policy", m.remat_policy, ("none",) + tuple(model.REMAT_POLICIES))
-  for key in ("param_dtype", "compute_dtype"):
-    _one_of(f"model.{key}", m[key], _DTYPES)
+  _one_of("model.param_dtype", m.param_dtype, _DTYPES)
+  _one_of("model.compute_dtype", m.compute_dtype, _DTYPES + ("auto",))
 
   _require(m.d_model % m.num_heads == 0,
            f"model.d_model ({m.d_model}) must be divisible by model.num_heads ({m.num_heads})")
@@ -127,6 +129,14 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
            f"model.masked_lm_mask_random_keep must be three shares >= 0 summing to 1, got {shares!r}")
 
 
+def for_platform(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with the platform-dependent choices made for `backend` ('cpu' | 'gpu' | 'tpu'):
+  model.compute_dtype 'auto' becomes float32 on CPU, bfloat16 on accelerators."""
+  config = copy.deepcopy(config)
+  config.model.compute_dtype = layers.compute_dtype_name(config.model.compute_dtype, backend)
+  return config
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Raises ConfigError naming the offending key if `config` cannot start a run on `num_devices` devices."""
   _check_against_base(config, base.get_config(), "")
@@ -165,4 +175,5 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     group, field = key.split(".")
     _require(config[group][field] > 0, f"{key} must be positive, got {config[group][field]}")
   _require(config.eval.max_batches >= 0, f"eval.max_batches must be >= 0, got {config.eval.max_batches}")
+  _one_of("optim.state_dtype", config.optim.state_dtype, ("float32", "bfloat16"))
   _require(config.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")

@@ -9,13 +9,25 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 
+def compute_dtype_name(compute_dtype: str, backend: str | None = None) -> str:
+  """`model.compute_dtype` with 'auto' decided: float32 on CPU, bfloat16 on accelerators.
+
+  backend: 'cpu' | 'gpu' | 'tpu' the model runs on; None = this process's default backend.
+  """
+  if compute_dtype != "auto":
+    return compute_dtype
+  backend = jax.default_backend() if backend is None else backend
+  return "float32" if backend == "cpu" else "bfloat16"
+
+
 def dtypes(cfg: ml_collections.FrozenConfigDict) -> tuple[jnp.dtype, jnp.dtype]:
   """(compute dtype, parameter dtype) of `config.model`."""
-  return jnp.dtype(cfg.compute_dtype), jnp.dtype(cfg.param_dtype)
+  return jnp.dtype(compute_dtype_name(cfg.compute_dtype)), jnp.dtype(cfg.param_dtype)
 
 
 def kernel_init(cfg: ml_collections.FrozenConfigDict, fan_in: int, residual_output: bool = False):

@@ -1,6 +1,11 @@
-"""The optimizer: global-norm clipping, then AdamW on a linear-warmup + cosine schedule."""
+"""The optimizer: global-norm clipping, then AdamW on a linear-warmup + cosine schedule.
+
+AdamW's moments are kept in `optim.state_dtype` (float32 by default; bfloat16 halves the
+optimizer's memory) and updated in float32, whatever the dtype they are stored in.
+"""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -27,15 +32,31 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def _cast_floats(tree, dtype):
+  return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def stored_in(inner: optax.GradientTransformation, dtype: str) -> optax.GradientTransformation:
+  """`inner` with its floating-point state stored in `dtype` and updated in float32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return inner
+
+  def init(params):
+    return _cast_floats(inner.init(params), dtype)
+
+  def update(updates, state, params=None):
+    updates, state = inner.update(updates, _cast_floats(state, jnp.float32), params)
+    return updates, _cast_floats(state, dtype)
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """clip -> Adam moments (stored in state_dtype) -> decoupled weight decay (masked) -> -learning rate."""
   return optax.chain(
       optax.clip_by_global_norm(optim_config.clip_norm),
-      optax.adamw(
-          learning_rate_schedule(optim_config, total_steps),
-          b1=optim_config.b1,
-          b2=optim_config.b2,
-          eps=optim_config.eps,
-          weight_decay=optim_config.weight_decay,
-          mask=weight_decay_mask,
-      ),
+      stored_in(optax.scale_by_adam(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps),
+                optim_config.state_dtype),
+      optax.add_decayed_weights(optim_config.weight_decay, mask=weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate_schedule(optim_config, total_steps)),
   )

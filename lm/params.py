@@ -302,6 +302,7 @@ def activation_bytes(config: ml_collections.ConfigDict, mesh_sizes: dict[str, in
     total (= kept_across_layers + final + max(loss_phase, layer_phase)), all bytes per device;
     attention_impl, the implementation assumed.
   """
+  config = config_lib.for_platform(config, backend or jax.default_backend())
   m, rules = config.model, sharding.rules(config.mesh)
   batch, seq = config.train.global_batch_size, config.data.seq_len
   backend = jax.default_backend() if backend is None else backend
@@ -353,6 +354,7 @@ def memory_per_device(config: ml_collections.ConfigDict, mesh_sizes: dict[str, i
     parameters, gradients, optimizer, activations, total: bytes per device;
     activation_detail: `activation_bytes`; per_device_batch: rows of the batch one device takes.
   """
+  config = config_lib.for_platform(config, backend or jax.default_backend())
   sizes = {axis: int(mesh_sizes.get(axis, 1)) for axis in sharding.MESH_AXES}
   rules = sharding.rules(config.mesh)
   state = abstract_state(config)
@@ -418,6 +420,7 @@ def _bytes(n: float) -> str:
 def report(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], device_memory_gb: float = 0.0,
            backend: str | None = None, name: str = "") -> str:
   """The table `python -m lm.params` prints."""
+  config = config_lib.for_platform(config, backend or jax.default_backend())
   m = config.model
   seq, batch = config.data.seq_len, config.train.global_batch_size
   counts = count_parameters(m)

@@ -84,6 +84,7 @@ class Trainer:
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
   """Builds the model, optimizer and jitted step functions of `config` on `mesh`."""
+  config = config_lib.for_platform(config, mesh.devices.flat[0].platform)
   model = model_lib.from_config(config.model)
   rules = sharding.rules(config.mesh)
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
@@ -228,6 +229,7 @@ def _sample(config, trainer: Trainer, params, tokenizer: tokenizer_lib.Tokenizer
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains (or resumes) the run of `config`; returns the final step, validation loss and sample."""
+  config = config_lib.for_platform(config, jax.default_backend())
   config_lib.validate(config, jax.device_count(), jax.process_count())
   is_main = jax.process_index() == 0
   run_dir = os.path.abspath(config.train.run_dir)

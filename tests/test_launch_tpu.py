@@ -140,7 +140,7 @@ def test_the_remote_install_command_runs_in_bash(launch_tpu, tmp_path):
   result = launch_tpu(*V5P, "--dry-run", "--", *LLAMA)
   assert result.returncode == 0, result.stderr
   install = commands(result.stdout)[3]
-  home, bin_dir, code = tmp_path / "home", tmp_path / "bin", tmp_path / "code"
+  home, bin_dir, code = tmp_path / "home", tmp_path / "worker_bin", tmp_path / "code"
   for directory in (home / "lm" / ".venv" / "bin", bin_dir, code):
     directory.mkdir(parents=True)
   (code / "requirements.txt").write_text("jax==0.0.1\n")
@@ -195,9 +195,15 @@ def test_a_run_needs_lm_launch_arguments(launch_tpu):
   assert result.returncode == 2 and "nothing to run" in result.stderr
 
 
-def test_a_flag_without_a_value_is_refused(launch_tpu):
-  result = launch_tpu("--project", "p", "--zone", "z", "--accelerator", "v4-8", "--name")
+@pytest.mark.parametrize("tail", [["--name"], ["--name", "--dry-run", "--", "--config", "x"]])
+def test_a_flag_without_a_value_is_refused(launch_tpu, tail):
+  result = launch_tpu("--project", "p", "--zone", "z", "--accelerator", "v4-8", *tail)
   assert result.returncode == 2 and "--name needs a value" in result.stderr
+
+
+def test_a_flag_that_takes_no_value_refuses_one(launch_tpu):
+  result = launch_tpu(*V5P, "--spot=yes", "--dry-run", "--", *LLAMA)
+  assert result.returncode == 2 and "--spot takes no value" in result.stderr
 
 
 def test_delete_prints_the_delete_command(launch_tpu):

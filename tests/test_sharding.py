@@ -36,7 +36,7 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator)
   query = state.params["blocks"]["layer_0"]["attention"]["query"]  # [layers, embed, heads, head_dim]
   assert query.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)
-  mu = state.opt_state[1][0].mu["blocks"]["layer_0"]["attention"]["query"]  # AdamW first moment shares the layout
+  mu = state.opt_state[1].mu["blocks"]["layer_0"]["attention"]["query"]  # AdamW first moment shares the layout
   assert mu.sharding.spec == query.sharding.spec
   lines, _, _ = sharding.describe(params.abstract_params(config.model), trainer.rules, dict(trainer.mesh.shape))
   assert any("attention/query" in line and "P(None, 'fsdp', 'tensor', None)" in line and f"{2 * 32 * 2 * 16 * 4:,}"

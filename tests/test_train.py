@@ -68,6 +68,35 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state(tiny_
   assert "bf16[" in str(jaxpr) and "dot_general" in str(jaxpr)
 
 
+def test_optimizer_moments_stored_in_bfloat16_are_updated_in_float32(tiny_config, train_iterator):
+  losses, states = {}, {}
+  for state_dtype in ("float32", "bfloat16"):
+    config = tiny_config
+    config.optim.state_dtype = state_dtype
+    trainer = train.build(config, sharding.make_mesh(config.mesh))
+    it = train_iterator(config)
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    for _ in range(4):
+      state, metrics = trainer.train_step(state, sharding.global_batch(next(it), trainer.batch_sharding))
+    losses[state_dtype], states[state_dtype] = float(metrics["train/loss"]), jax.device_get(state)
+  adam = states["bfloat16"].opt_state[1]
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves((adam.mu, adam.nu))} == {np.dtype("bfloat16")}
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(states["bfloat16"].params)} == {np.dtype("float32")}
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=1e-3)
+  query = ("blocks", "layer_0", "attention", "query")
+  a, b = (states[k].params[query[0]][query[1]][query[2]][query[3]] for k in ("float32", "bfloat16"))
+  assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
+
+
+def test_auto_compute_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators():
+  config = tiny.get_config()
+  config.model.compute_dtype = "auto"
+  assert config_lib.for_platform(config, "cpu").model.compute_dtype == "float32"
+  assert config_lib.for_platform(config, "gpu").model.compute_dtype == "bfloat16"
+  assert config_lib.for_platform(config, "tpu").model.compute_dtype == "bfloat16"
+  assert config.model.compute_dtype == "auto"  # the caller's config is left as it was
+
+
 # Together these cover every value of every architecture option (each alone is tested in test_model.py).
 OPTION_SETS = {
     "gpt2_like": dict(position_embedding="learned", max_seq_len=64, norm_type="layernorm", use_bias=True,
