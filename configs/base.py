@@ -109,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.run_dir = "runs/default"  # holds config.json, tokenizer/, checkpoints/, events/, metrics.jsonl, samples.txt
   train.steps = 1000  # optimizer steps in the whole run (the schedule ends here)
   train.global_batch_size = 64  # packed rows per step, summed over all devices
+  train.microbatches = 1  # gradient accumulation: the step's batch runs in this many pieces, gradients summed in float32
   train.seed = 0  # seed of parameter init and of the RNG carried in the train state
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()

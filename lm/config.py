@@ -161,6 +161,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _require(t.global_batch_size % data_parallel == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the data-parallel size "
            f"data x fsdp x expert = {sizes['data']} x {sizes['fsdp']} x {sizes['expert']} = {data_parallel}")
+  _require(t.microbatches > 0, f"train.microbatches must be positive, got {t.microbatches}")
+  _require(t.global_batch_size % (data_parallel * t.microbatches) == 0,
+           f"train.global_batch_size ({t.global_batch_size}) is not divisible by train.microbatches "
+           f"({t.microbatches}) x the data-parallel size ({data_parallel}): each microbatch must split evenly "
+           "over the devices")
   _require(t.global_batch_size % process_count == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the {process_count} processes")
   # Every parameter dimension must split evenly over the mesh axes its logical name maps to.

@@ -76,12 +76,19 @@ def summed_losses(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array,
   return sums
 
 
-def total_loss(sums: dict[str, jax.Array], moe: dict[str, jax.Array], cfg: ml_collections.ConfigDict) -> jax.Array:
-  """The scalar that is differentiated: mean cross-entropy plus the weighted auxiliary losses."""
-  tokens = jnp.maximum(sums["tokens"], 1.0)
+def total_loss(sums: dict[str, jax.Array], moe: dict[str, jax.Array], cfg: ml_collections.ConfigDict,
+               batch_tokens: jax.Array | None = None, num_microbatches: int = 1) -> jax.Array:
+  """The scalar that is differentiated: mean cross-entropy plus the weighted auxiliary losses.
+
+  For one of `num_microbatches` microbatches of a batch with `batch_tokens` targets, the sums
+  are divided by the whole batch's count and the MoE losses by the number of microbatches,
+  so the microbatch losses (and their gradients) add up to those of the whole batch.
+  """
+  tokens = jnp.maximum(sums["tokens"] if batch_tokens is None else batch_tokens, 1.0)
   loss = sums["cross_entropy"] / tokens
   if cfg.logits_z_loss_weight > 0:
     loss += cfg.logits_z_loss_weight * sums["logits_z"] / tokens
   if moe:
-    loss += cfg.load_balance_loss_weight * moe["load_balance_loss"] + cfg.router_z_loss_weight * moe["router_z_loss"]
+    loss += (cfg.load_balance_loss_weight * moe["load_balance_loss"]
+             + cfg.router_z_loss_weight * moe["router_z_loss"]) / num_microbatches
   return loss

@@ -103,15 +103,49 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   batch_sharding = sharding.batch_sharding(mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
+  num_microbatches = config.train.microbatches
+  microbatch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
+
+  def microbatches(batch: dict) -> dict:
+    """[batch, seq] -> [microbatches, batch / microbatches, seq]; microbatch i takes rows i, i + m, i + 2m, ...
+    so that every device holds an equal share of every microbatch."""
+    def split(x):
+      x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(x, microbatch_sharding)
+    return {k: split(v) for k, v in batch.items()}
+
+  def gradients(params, batch: dict):
+    """(loss, summed losses, MoE statistics, float32 gradients) of the prepared `batch`, accumulated over
+    `train.microbatches` microbatches; the same update as the whole batch at once."""
+    batch_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+
+    def loss_fn(p, micro):
+      sums, moe = batch_losses(p, model, micro, with_logits_z=config.model.logits_z_loss_weight > 0)
+      return objectives.total_loss(sums, moe, config.model, batch_tokens, num_microbatches), (sums, moe)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if num_microbatches == 1:
+      (loss, (sums, moe)), grads = grad_fn(params, batch)
+      return loss, sums, moe, grads
+
+    def accumulate(carry, micro):
+      (loss, (sums, moe)), grads = grad_fn(params, micro)
+      grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
+      return jax.tree_util.tree_map(jnp.add, carry, (loss, sums, moe, grads)), None
+
+    split = microbatches(batch)
+    (loss, (sums, moe)), grads = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], split))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), (loss, sums, moe, grads))
+    (loss, sums, moe, grads), _ = jax.lax.scan(accumulate, zeros, split)
+    for key in ("load_balance_loss", "router_z_loss", "expert_load"):  # means, not sums, over microbatches
+      if key in moe:
+        moe[key] = moe[key] / num_microbatches
+    return loss, sums, moe, grads
+
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     batch = objectives.prepare_batch(batch, config.model, rng)
-
-    def loss_fn(params):
-      sums, moe = batch_losses(params, model, batch, with_logits_z=config.model.logits_z_loss_weight > 0)
-      return objectives.total_loss(sums, moe, config.model), (sums, moe)
-
-    (loss, (sums, moe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, sums, moe, grads = gradients(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     tokens = jnp.maximum(sums["tokens"], 1.0)
