@@ -58,7 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.validation_fraction = 0.05  # share of documents held out for validation (split by document id)
   data.split_seed = 0  # seed of the train / validation split
   data.shuffle_seed = 0  # seed of the training order (documents and packed rows)
-  data.num_packing_bins = 64  # rows packed at once by first-fit; more bins = less padding
+  data.num_packing_bins = 64  # rows packed at once by first-fit (per stream); more bins = less padding
+  data.num_streams = 8  # packing streams; a batch takes equal rows from each: same batches for any process count dividing it
   data.tokenizer_max_sentences = 500000  # lines sampled from the training split to train the tokenizer
 
   config.mesh = mesh = ml_collections.ConfigDict()

@@ -131,6 +131,7 @@ def accelerator(config: ml_collections.ConfigDict, *, name: str, seq_len: int, g
   m.compute_dtype = "bfloat16"
   m.remat_policy = remat_policy
   config.data.seq_len = seq_len
+  config.data.num_streams = 64  # lets up to 64 hosts (and any divisor of 64) share the same batches
   config.mesh.data = -1
   config.mesh.fsdp = fsdp
   config.mesh.expert = expert

@@ -46,17 +46,15 @@ def _to_batch_fields(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def packed_dataset(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, num_packing_bins: int, seed: int,
-                   shuffle: bool, repeat: bool, process_index: int = 0, process_count: int = 1,
-                   pad_id: int = 0) -> grain.IterDataset:
-  """Packed rows of this process's share of `examples` (one dict of [seq_len] int32 arrays per row).
+                   shuffle: bool, repeat: bool, pad_id: int = 0) -> grain.IterDataset:
+  """Packed rows of `examples` (one dict of [seq_len] int32 arrays per row).
 
   With `shuffle`, example order is reshuffled every epoch from `seed`; with `repeat`, the
-  stream is endless. Process `process_index` of `process_count` reads only every
-  `process_count`-th example, so processes never read the same data.
+  stream is endless.
   """
   if not examples:
-    raise ValueError("no examples to load: the data split is empty")
-  ds = grain.MapDataset.source(examples)[process_index::process_count]
+    raise ValueError("no examples to load: the data split (or one of its streams) is empty")
+  ds = grain.MapDataset.source(examples)
   if shuffle:
     ds = ds.shuffle(seed)
   if repeat:
@@ -72,15 +70,39 @@ def packed_dataset(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, n
   return packed.map(_to_batch_fields)
 
 
-def train_iterator(examples, *, seq_len: int, num_packing_bins: int, seed: int, batch_size: int,
-                   process_index: int, process_count: int, pad_id: int) -> grain.DatasetIterator:
-  """Endless, shuffled, checkpointable iterator of this process's batches ([batch_size, seq_len] int32 arrays).
+def _stream_seed(seed: int, stream: int) -> int:
+  return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def _concatenate_rows(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, np.ndarray]:
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def train_iterator(examples, *, seq_len: int, num_packing_bins: int, seed: int, global_batch_size: int,
+                   num_streams: int, process_index: int, process_count: int, pad_id: int) -> grain.DatasetIterator:
+  """Endless, shuffled, checkpointable iterator of this process's rows of every global batch.
+
+  The examples are dealt into `num_streams` streams (example i to stream i mod num_streams),
+  each shuffled and packed on its own; global batch k is rows k * b .. (k + 1) * b - 1 of
+  stream 0, then of stream 1, ..., with b = global_batch_size / num_streams. Process p of
+  `process_count` reads and packs only streams p * n .. (p + 1) * n - 1 (n = num_streams /
+  process_count) and yields their rows of each batch ([global_batch_size / process_count,
+  seq_len] int32 arrays), so the global batches are the same for any process count that
+  divides num_streams.
 
   Its position is `get_state()` / `set_state()`, saved in every checkpoint.
   """
-  ds = packed_dataset(examples, seq_len=seq_len, num_packing_bins=num_packing_bins, seed=seed, shuffle=True,
-                      repeat=True, process_index=process_index, process_count=process_count, pad_id=pad_id)
-  return iter(ds.batch(batch_size, drop_remainder=True))
+  if num_streams % process_count or global_batch_size % num_streams:
+    raise ValueError(f"{num_streams} streams cannot be split over {process_count} processes and "
+                     f"{global_batch_size} rows per batch")
+  per_process = num_streams // process_count
+  streams = [
+      packed_dataset(examples[stream::num_streams], seq_len=seq_len, num_packing_bins=num_packing_bins,
+                     seed=_stream_seed(seed, stream), shuffle=True, repeat=True, pad_id=pad_id)
+      .batch(global_batch_size // num_streams, drop_remainder=True)
+      for stream in range(process_index * per_process, (process_index + 1) * per_process)
+  ]
+  return iter(grain.experimental.ZipIterDataset(parents=streams).map(_concatenate_rows))
 
 
 def evaluation_rows(examples, *, seq_len: int, num_packing_bins: int, pad_id: int, max_rows: int = 0,

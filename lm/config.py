@@ -166,8 +166,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by train.microbatches "
            f"({t.microbatches}) x the data-parallel size ({data_parallel}): each microbatch must split evenly "
            "over the devices")
-  _require(t.global_batch_size % process_count == 0,
-           f"train.global_batch_size ({t.global_batch_size}) is not divisible by the {process_count} processes")
+  _require(d.num_streams > 0 and t.global_batch_size % d.num_streams == 0,
+           f"train.global_batch_size ({t.global_batch_size}) must be a multiple of data.num_streams "
+           f"({d.num_streams}): every batch takes the same number of rows from each packing stream")
+  _require(d.num_streams % process_count == 0,
+           f"data.num_streams ({d.num_streams}) must be a multiple of the {process_count} processes: each process "
+           "packs whole streams (raise it to the process count or a multiple of it)")
   # Every parameter dimension must split evenly over the mesh axes its logical name maps to.
   try:
     sharding.check_divisible(model.abstract_params(m), sharding.rules(mesh), sizes)

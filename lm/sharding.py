@@ -225,3 +225,47 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 def from_full_host_array(array: np.ndarray, target: NamedSharding) -> jax.Array:
   """A global array from a host array that every process holds in full (validation rows, prompts)."""
   return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+
+
+# Environment variables by which a launcher announces a multi-process job that jax.distributed detects itself.
+_CLUSTER_SIGNS = {
+    "SLURM": lambda env: "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1,
+    "Open MPI": lambda env: int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1,
+    "TPU pod": lambda env: "," in env.get("TPU_WORKER_HOSTNAMES", ""),
+}
+
+
+def initialize_distributed(mode: str, coordinator_address: str = "", num_processes: int = 0,
+                           process_id: int = -1, env: dict[str, str] | None = None) -> str:
+  """Starts jax.distributed for a multi-process run; returns how (for the log), or '' for a single process.
+
+  mode: 'off' (single process), 'on' (always initialise; JAX detects TPU pods, SLURM and
+    Open MPI, or takes the explicit arguments), 'auto' (initialise when the arguments are
+    given or the environment shows a multi-process job).
+  coordinator_address, num_processes, process_id: explicit alternative to detection; all three together.
+
+  Must run before anything touches a JAX backend. CPU devices talk through gloo collectives.
+  """
+  env = os.environ if env is None else env
+  explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes > 0,
+              "--process_id": process_id >= 0}
+  if any(explicit.values()) and not all(explicit.values()):
+    missing = ", ".join(name for name, given in explicit.items() if not given)
+    raise ValueError(f"explicit multi-process start needs --coordinator_address, --num_processes and --process_id "
+                     f"together; missing {missing}")
+  if mode == "off":
+    if any(explicit.values()):
+      raise ValueError("--distributed=off contradicts --coordinator_address / --num_processes / --process_id")
+    return ""
+  detected = [name for name, sign in _CLUSTER_SIGNS.items() if sign(env)]
+  if mode == "auto" and not any(explicit.values()) and not detected:
+    return ""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if all(explicit.values()):
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    how = f"coordinator {coordinator_address}"
+  else:
+    jax.distributed.initialize()
+    how = f"detected {detected[0]}" if detected else "detected by JAX"
+  return f"process {jax.process_index()} of {jax.process_count()} ({how})"

@@ -281,7 +281,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   data_iterator = loader.train_iterator(
       data.train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
-      batch_size=global_batch_size // jax.process_count(), process_index=jax.process_index(),
+      global_batch_size=global_batch_size, num_streams=config.data.num_streams, process_index=jax.process_index(),
       process_count=jax.process_count(), pad_id=tokenizer.pad_id)
 
   trainer = build(config, mesh)

@@ -57,7 +57,8 @@ def train_iterator(examples):
 
   def make(config):
     return loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                                 batch_size=config.train.global_batch_size, process_index=0, process_count=1,
+                                 global_batch_size=config.train.global_batch_size,
+                                 num_streams=config.data.num_streams, process_index=0, process_count=1,
                                  pad_id=tokenizer_lib.PAD_ID)
 
   return make

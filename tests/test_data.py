@@ -88,19 +88,33 @@ def test_every_document_starts_with_bos_and_ends_with_eos(small_documents, token
   assert (ids == tokenizer.eos_id).sum() == 3 and ids[-1] == tokenizer.eos_id
 
 
-def test_processes_read_disjoint_shares(examples):
-  def first_inputs(process_index):
-    it = loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, batch_size=4,
-                               process_index=process_index, process_count=2, pad_id=3)
-    return {tuple(r[r > 0][:8]) for r in next(it)["inputs"]}
+def test_processes_read_disjoint_shares_of_the_same_global_batches(examples):
+  def batches(process_index, process_count, num_batches=3):
+    it = loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=8,
+                               num_streams=4, process_index=process_index, process_count=process_count, pad_id=3)
+    return [next(it) for _ in range(num_batches)]
 
-  assert not first_inputs(0) & first_inputs(1)
+  def documents(batch):
+    return {tuple(r[r > 0][:8]) for r in batch["inputs"]}
+
+  first, second = batches(0, 2), batches(1, 2)
+  assert all(len(b["inputs"]) == 4 for b in first + second)
+  assert not documents(first[0]) & documents(second[0])
+  # Two processes' rows, one after the other, are exactly the batches of a single process, and of four.
+  quarters = [batches(p, 4) for p in range(4)]
+  for k, whole in enumerate(batches(0, 1)):
+    for key in loader.BATCH_KEYS:
+      np.testing.assert_array_equal(whole[key], np.concatenate([first[k][key], second[k][key]]))
+      np.testing.assert_array_equal(whole[key], np.concatenate([q[k][key] for q in quarters]))
+  with pytest.raises(ValueError, match="4 streams cannot be split over 3 processes"):
+    loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=8, num_streams=4,
+                          process_index=0, process_count=3, pad_id=3)
 
 
 def test_iterator_state_restores_exact_position(examples):
   def make():
-    return loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, batch_size=4,
-                                 process_index=0, process_count=1, pad_id=3)
+    return loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=4,
+                                 num_streams=2, process_index=0, process_count=1, pad_id=3)
 
   it = make()
   for _ in range(5):
