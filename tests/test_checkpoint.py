@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from data import loader
 from lm import checkpoint as checkpoint_lib
@@ -62,4 +63,41 @@ def test_keeps_only_the_last_k(tiny_config, train_iterator, tmp_path):
   checkpointer.wait()
   assert saved == [2, 4, 6]
   assert checkpointer.manager.all_steps() == [4, 6]
+  checkpointer.close()
+
+
+def test_checkpoint_written_on_one_mesh_restores_on_another(tiny_config, train_iterator, tmp_path):
+  """Saved on data x fsdp x tensor = 8x1x1, restored on 2x2x2: same parameters, training continues with the same loss."""
+  config = tiny_config
+
+  def trainer_on(data, fsdp, tensor):
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
+    return train.build(config, sharding.make_mesh(config.mesh))
+
+  wide = trainer_on(8, 1, 1)
+  it = train_iterator(config)
+  state = wide.init_state(jax.random.PRNGKey(0))
+  for _ in range(2):
+    state, _ = wide.train_step(state, sharding.global_batch(next(it), wide.batch_sharding))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2)
+  checkpointer.save(2, state, it, force=True)
+  checkpointer.wait()
+  saved = jax.device_get(state)
+  losses = []
+  for _ in range(2):
+    state, metrics = wide.train_step(state, sharding.global_batch(next(it), wide.batch_sharding))
+    losses.append(float(metrics["train/loss"]))
+
+  cube = trainer_on(2, 2, 2)
+  fresh_it = train_iterator(config)
+  restored = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2).restore(
+      2, cube.abstract_state, fresh_it)
+  _assert_trees_equal(restored.params, saved.params)
+  _assert_trees_equal(restored.opt_state, saved.opt_state)
+  query = restored.params["blocks"]["layer_0"]["attention"]["query"]
+  assert query.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)
+  for loss in losses:
+    restored, metrics = cube.train_step(restored, sharding.global_batch(next(fresh_it), cube.batch_sharding))
+    assert float(metrics["train/loss"]) == pytest.approx(loss, rel=1e-5)
   checkpointer.close()
