@@ -78,29 +78,40 @@ def _concatenate_rows(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, n
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
-def train_iterator(examples, *, seq_len: int, num_packing_bins: int, seed: int, global_batch_size: int,
-                   num_streams: int, process_index: int, process_count: int, pad_id: int) -> grain.DatasetIterator:
-  """Endless, shuffled, checkpointable iterator of this process's rows of every global batch.
+def process_streams(num_streams: int, process_index: int, process_count: int) -> range:
+  """The packing streams process `process_index` of `process_count` reads: a contiguous block of them."""
+  if num_streams % process_count:
+    raise ValueError(f"{num_streams} streams cannot be split over {process_count} processes")
+  per_process = num_streams // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
 
-  The examples are dealt into `num_streams` streams (example i to stream i mod num_streams),
-  each shuffled and packed on its own; global batch k is rows k * b .. (k + 1) * b - 1 of
-  stream 0, then of stream 1, ..., with b = global_batch_size / num_streams. Process p of
-  `process_count` reads and packs only streams p * n .. (p + 1) * n - 1 (n = num_streams /
-  process_count) and yields their rows of each batch ([global_batch_size / process_count,
-  seq_len] int32 arrays), so the global batches are the same for any process count that
-  divides num_streams.
+
+def deal(items: Sequence, num_streams: int, streams: Iterable[int]) -> dict[int, list]:
+  """Item i goes to stream i mod num_streams; returns the items of `streams` only."""
+  return {stream: list(items[stream::num_streams]) for stream in streams}
+
+
+def train_iterator(stream_examples: dict[int, Sequence[dict[str, np.ndarray]]], *, seq_len: int,
+                   num_packing_bins: int, seed: int, global_batch_size: int, num_streams: int,
+                   pad_id: int) -> grain.DatasetIterator:
+  """Endless, shuffled, checkpointable iterator of one process's rows of every global batch.
+
+  Training data is dealt into `num_streams` streams (see `deal`), each shuffled and packed on
+  its own. Global batch k is rows k * b .. (k + 1) * b - 1 of stream 0, then of stream 1, ...,
+  with b = global_batch_size / num_streams. A process holds the examples of its block of
+  streams only (`stream_examples`: stream index -> examples, from `process_streams`) and
+  yields their rows of each batch ([b * len(stream_examples), seq_len] int32 arrays), so the
+  global batches are the same for any process count that divides num_streams.
 
   Its position is `get_state()` / `set_state()`, saved in every checkpoint.
   """
-  if num_streams % process_count or global_batch_size % num_streams:
-    raise ValueError(f"{num_streams} streams cannot be split over {process_count} processes and "
-                     f"{global_batch_size} rows per batch")
-  per_process = num_streams // process_count
+  if global_batch_size % num_streams:
+    raise ValueError(f"{global_batch_size} rows per batch cannot be split over {num_streams} streams")
   streams = [
-      packed_dataset(examples[stream::num_streams], seq_len=seq_len, num_packing_bins=num_packing_bins,
+      packed_dataset(stream_examples[stream], seq_len=seq_len, num_packing_bins=num_packing_bins,
                      seed=_stream_seed(seed, stream), shuffle=True, repeat=True, pad_id=pad_id)
       .batch(global_batch_size // num_streams, drop_remainder=True)
-      for stream in range(process_index * per_process, (process_index + 1) * per_process)
+      for stream in sorted(stream_examples)
   ]
   return iter(grain.experimental.ZipIterDataset(parents=streams).map(_concatenate_rows))
 

@@ -217,7 +217,8 @@ def _log(message: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class RunData:
   tokenizer: tokenizer_lib.Tokenizer
-  train_examples: list[dict[str, np.ndarray]]  # {"inputs", "targets"}: [<= seq_len] int32 per example
+  train_streams: dict[int, list[dict[str, np.ndarray]]]  # this process's packing streams -> their examples
+                                                        # ({"inputs", "targets"}: [<= seq_len] int32 each)
   validation_rows: dict[str, np.ndarray]  # the fixed validation rows: [rows, seq_len] int32 per key
   unigram_entropy: float  # nats / token of the validation targets' unigram distribution
 
@@ -236,17 +237,26 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
     multihost_utils.sync_global_devices("tokenizer trained")
     tokenizer = tokenizer_lib.load(tokenizer_dir)
   seq_len = config.data.seq_len
-  train_examples = loader.tokenize(train_docs, tokenizer, seq_len)
+  # Each process tokenizes only the documents of its own packing streams.
+  streams = loader.process_streams(config.data.num_streams, jax.process_index(), jax.process_count())
+  train_streams = {stream: loader.tokenize(docs, tokenizer, seq_len)
+                   for stream, docs in loader.deal(train_docs, config.data.num_streams, streams).items()}
+  empty = [stream for stream, examples in train_streams.items() if not examples]
+  if empty:
+    raise config_lib.ConfigError(f"data.num_streams ({config.data.num_streams}) exceeds what the {len(train_docs)} "
+                                 f"training documents can fill (streams {empty} are empty); lower it")
   # The validation loss and the unigram entropy it is compared with are measured on the same rows.
   validation_rows = loader.evaluation_rows(
       loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
       num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id,
       max_rows=config.eval.max_batches * config.train.global_batch_size, seed=config.data.split_seed)
+  whose = "this process's " if jax.process_count() > 1 else ""
   _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
-       f"{sum(len(e['inputs']) for e in train_examples):,} train tokens, "
+       f"{sum(len(e['inputs']) for examples in train_streams.values() for e in examples):,} train tokens in "
+       f"{whose}{len(streams)} packing streams, "
        f"{int(validation_rows['loss_mask'].sum()):,} validation tokens evaluated; tokenizer "
        f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
-  return RunData(tokenizer, train_examples, validation_rows,
+  return RunData(tokenizer, train_streams, validation_rows,
                  loader.unigram_entropy(validation_rows, config.model.vocab_size))
 
 
@@ -280,9 +290,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   seq_len, global_batch_size = config.data.seq_len, config.train.global_batch_size
 
   data_iterator = loader.train_iterator(
-      data.train_examples, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
-      global_batch_size=global_batch_size, num_streams=config.data.num_streams, process_index=jax.process_index(),
-      process_count=jax.process_count(), pad_id=tokenizer.pad_id)
+      data.train_streams, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
+      global_batch_size=global_batch_size, num_streams=config.data.num_streams, pad_id=tokenizer.pad_id)
 
   trainer = build(config, mesh)
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,

@@ -56,9 +56,10 @@ def train_iterator(examples):
   """make(config) -> an endless iterator of the session examples' training batches under `config`."""
 
   def make(config):
-    return loader.train_iterator(examples, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                                 global_batch_size=config.train.global_batch_size,
-                                 num_streams=config.data.num_streams, process_index=0, process_count=1,
+    num_streams = config.data.num_streams
+    return loader.train_iterator(loader.deal(examples, num_streams, range(num_streams)), seq_len=config.data.seq_len,
+                                 num_packing_bins=8, seed=0, global_batch_size=config.train.global_batch_size,
+                                 num_streams=num_streams,
                                  pad_id=tokenizer_lib.PAD_ID)
 
   return make

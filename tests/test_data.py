@@ -90,8 +90,9 @@ def test_every_document_starts_with_bos_and_ends_with_eos(small_documents, token
 
 def test_processes_read_disjoint_shares_of_the_same_global_batches(examples):
   def batches(process_index, process_count, num_batches=3):
-    it = loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=8,
-                               num_streams=4, process_index=process_index, process_count=process_count, pad_id=3)
+    streams = loader.process_streams(4, process_index, process_count)
+    it = loader.train_iterator(loader.deal(examples, 4, streams), seq_len=64, num_packing_bins=4, seed=0,
+                               global_batch_size=8, num_streams=4, pad_id=3)
     return [next(it) for _ in range(num_batches)]
 
   def documents(batch):
@@ -106,15 +107,15 @@ def test_processes_read_disjoint_shares_of_the_same_global_batches(examples):
     for key in loader.BATCH_KEYS:
       np.testing.assert_array_equal(whole[key], np.concatenate([first[k][key], second[k][key]]))
       np.testing.assert_array_equal(whole[key], np.concatenate([q[k][key] for q in quarters]))
+  assert list(loader.process_streams(8, 1, 2)) == [4, 5, 6, 7]
   with pytest.raises(ValueError, match="4 streams cannot be split over 3 processes"):
-    loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=8, num_streams=4,
-                          process_index=0, process_count=3, pad_id=3)
+    loader.process_streams(4, 0, 3)
 
 
 def test_iterator_state_restores_exact_position(examples):
   def make():
-    return loader.train_iterator(examples, seq_len=64, num_packing_bins=4, seed=0, global_batch_size=4,
-                                 num_streams=2, process_index=0, process_count=1, pad_id=3)
+    return loader.train_iterator(loader.deal(examples, 2, range(2)), seq_len=64, num_packing_bins=4, seed=0,
+                                 global_batch_size=4, num_streams=2, pad_id=3)
 
   it = make()
   for _ in range(5):

@@ -153,7 +153,8 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(launch, t
   assert "distributed: process 0 of 2 (coordinator 127.0.0.1:" in out0
   assert "mesh {'data': 4, 'fsdp': 2, 'expert': 1, 'tensor': 1} over 8 cpu devices, 2 process(es)" in out0
   assert "final: step=5" in out0
-  assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []  # only process 0 logs
+  # Only process 0 logs (gloo's own connection lines, which may interleave, aside).
+  assert [line for line in out1.splitlines() if line.strip() and "peer ranks" not in line] == []
   losses, evals = _train_records(run_dir)
   assert sorted(losses) == [1, 2, 3, 4, 5]
   for step, loss in single_losses.items():
