@@ -39,9 +39,10 @@
 #
 # Example: Llama 2 7B on a v5p-64 slice (8 workers), queued spot capacity, deleted at the end:
 #   ./launch_tpu.sh --project my-proj --zone us-east5-a --accelerator v5p-64 --name llm-v5p --spot --delete-after \
-#       -- --config configs/llama2_7b.py --config.data.path=gs://my-bucket/data.jsonl \
-#          --config.train.run_dir=gs://my-bucket/runs/llama2_7b
-# Data and run_dir should be on GCS: every worker reads the data and writes to the same run directory.
+#       -- --config configs/llama2_7b.py --config.data.path=/mnt/shared/data.jsonl \
+#          --config.train.run_dir=/mnt/shared/runs/llama2_7b
+# data.path and run_dir must be on a filesystem every worker mounts at the same path (a GCS bucket mounted with
+# gcsfuse, or Filestore NFS): every worker reads the data and writes its part of each checkpoint to the run directory.
 
 set -euo pipefail
 

@@ -67,7 +67,8 @@ def test_keeps_only_the_last_k(tiny_config, train_iterator, tmp_path):
 
 
 def test_checkpoint_written_on_one_mesh_restores_on_another(tiny_config, train_iterator, tmp_path):
-  """Saved on data x fsdp x tensor = 8x1x1, restored on 2x2x2: same parameters, training continues with the same loss."""
+  """Saved on data x fsdp x tensor = 8x1x1, restored on 2x2x2 (training continues with the same loss) and on 4
+  devices."""
   config = tiny_config
 
   def trainer_on(data, fsdp, tensor):
@@ -100,4 +101,12 @@ def test_checkpoint_written_on_one_mesh_restores_on_another(tiny_config, train_i
   for loss in losses:
     restored, metrics = cube.train_step(restored, sharding.global_batch(next(fresh_it), cube.batch_sharding))
     assert float(metrics["train/loss"]) == pytest.approx(loss, rel=1e-5)
+
+  # And on half the devices (data x fsdp = 2 x 2 over 4 devices).
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1
+  half = train.build(config, sharding.make_mesh(config.mesh, jax.devices()[:4]))
+  smaller = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=1, max_to_keep=2).restore(
+      2, half.abstract_state, train_iterator(config))
+  _assert_trees_equal(smaller.params, saved.params)
+  assert len(smaller.params["embed"]["embedding"].sharding.device_set) == 4
   checkpointer.close()

