@@ -128,15 +128,19 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
       (loss, (sums, moe)), grads = grad_fn(params, batch)
       return loss, sums, moe, grads
 
+    def like_params(grads):  # the float32 sum is laid out as the parameters, never gathered
+      return jax.lax.with_sharding_constraint(grads, state_shardings.params)
+
     def accumulate(carry, micro):
       (loss, (sums, moe)), grads = grad_fn(params, micro)
       grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
-      return jax.tree_util.tree_map(jnp.add, carry, (loss, sums, moe, grads)), None
+      loss, sums, moe, grads = jax.tree_util.tree_map(jnp.add, carry, (loss, sums, moe, grads))
+      return (loss, sums, moe, like_params(grads)), None
 
     split = microbatches(batch)
     (loss, (sums, moe)), grads = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], split))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), (loss, sums, moe, grads))
-    (loss, sums, moe, grads), _ = jax.lax.scan(accumulate, zeros, split)
+    loss, sums, moe, grads = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), (loss, sums, moe, grads))
+    (loss, sums, moe, grads), _ = jax.lax.scan(accumulate, (loss, sums, moe, like_params(grads)), split)
     for key in ("load_balance_loss", "router_z_loss", "expert_load"):  # means, not sums, over microbatches
       if key in moe:
         moe[key] = moe[key] / num_microbatches
