@@ -78,7 +78,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
 from lm import attention
@@ -98,11 +97,6 @@ _KV_HEADS = ("batch", "activation_seq", "activation_kv_heads", None)
 _HIDDEN = ("batch", "activation_seq", "activation_mlp")
 _SCORES = ("batch", "activation_heads", "activation_seq", None)
 _ROWS = ("batch", "activation_seq", None)
-
-
-mesh_parts = sharding.mesh_parts
-shard_elements = sharding.shard_elements
-abstract_params = model_lib.abstract_params
 
 
 def tree_bytes_per_device(boxed: Any, rules, mesh_sizes: dict[str, int], dtype: Any = None) -> int:
@@ -141,7 +135,7 @@ def count_parameters(model_config: ml_collections.ConfigDict) -> dict[str, int]:
     12 * num_layers * d_model^2, the textbook non-embedding count (MHA, 4 * d_model MLP).
   """
   m = model_config
-  params = nn.meta.unbox(abstract_params(m))
+  params = nn.meta.unbox(model_lib.abstract_params(m))
   counts = dict(total=0, token_embedding=0, position_embedding=0, output=0, experts=0)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
@@ -222,7 +216,7 @@ class Buffer:
   count: int = 1
 
   def bytes_per_device(self, rules, mesh_sizes: dict[str, int]) -> int:
-    return self.count * shard_elements(self.shape, self.axes, rules, mesh_sizes) * self.itemsize
+    return self.count * sharding.shard_elements(self.shape, self.axes, rules, mesh_sizes) * self.itemsize
 
 
 def _mlp_hidden_buffers(cfg, shape, axes, compute: int) -> list[Buffer]:
@@ -361,7 +355,7 @@ def memory_per_device(config: ml_collections.ConfigDict, mesh_sizes: dict[str, i
   params = tree_bytes_per_device(state["params"], rules, sizes)
   optimizer = tree_bytes_per_device(state["opt_state"], rules, sizes)
   detail = activation_bytes(config, sizes, state["params"], backend)
-  batch_parts = mesh_parts(nn.logical_to_mesh_axes(("batch",), rules)[0], sizes)
+  batch_parts = sharding.mesh_parts(nn.logical_to_mesh_axes(("batch",), rules)[0], sizes)
   result = dict(parameters=params, gradients=params, optimizer=optimizer, activations=detail["total"],
                 activation_detail=detail, per_device_batch=config.train.global_batch_size / batch_parts)
   result["total"] = params + params + optimizer + detail["total"]

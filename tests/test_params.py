@@ -245,8 +245,8 @@ def test_remat_policies_order_the_activation_estimate():
 def test_shard_elements_rounds_uneven_splits_up():
   rules = sharding.rules(base.get_config().mesh)
   sizes = dict(data=2, fsdp=4, expert=1, tensor=3)
-  assert params.shard_elements((10, 7), ("embed", "vocab"), rules, sizes) == 3 * 3
-  assert params.shard_elements((8, 5), ("batch", "activation_seq"), rules, sizes) == 1 * 5
+  assert sharding.shard_elements((10, 7), ("embed", "vocab"), rules, sizes) == 3 * 3
+  assert sharding.shard_elements((8, 5), ("batch", "activation_seq"), rules, sizes) == 1 * 5
 
 
 def _cli(*args):

@@ -12,6 +12,7 @@ import pytest
 
 from configs import tiny
 from tests import conftest
+from lm import model
 from lm import params
 from lm import sharding
 from lm import train
@@ -47,7 +48,7 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules(train_iterator)
   assert query.addressable_shards[0].data.shape == (2, 32, 2, 16)
   mu = state.opt_state[1].mu["blocks"]["layer_0"]["attention"]["query"]  # AdamW first moment shares the layout
   assert mu.sharding.spec == query.sharding.spec
-  lines, _, _ = sharding.describe(params.abstract_params(config.model), trainer.rules, dict(trainer.mesh.shape))
+  lines, _, _ = sharding.describe(model.abstract_params(config.model), trainer.rules, dict(trainer.mesh.shape))
   assert any("attention/query" in line and "P(None, 'fsdp', 'tensor', None)" in line and f"{2 * 32 * 2 * 16 * 4:,}"
              in line for line in lines)
 
