@@ -66,6 +66,7 @@ Memory per device for a mesh (whose devices need not exist):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -387,14 +388,13 @@ def resolve_mesh(mesh_config: ml_collections.ConfigDict, overrides: dict[str, in
                  num_devices: int = 0) -> dict[str, int]:
   """Total mesh sizes (within-slice x across-slice) of config.mesh with `overrides` (axis or dcn_axis keys);
   data = -1 takes the devices left of `num_devices` (0: data = 1 per slice)."""
-  ici = {axis: overrides.get(axis, mesh_config[axis]) for axis in sharding.MESH_AXES}
-  dcn = {axis: overrides.get(f"dcn_{axis}", mesh_config[f"dcn_{axis}"]) for axis in sharding.MESH_AXES}
-  if ici["data"] == -1:
-    others = ici["fsdp"] * ici["expert"] * ici["tensor"] * math.prod(dcn.values())
-    if num_devices and num_devices % others:
-      raise ValueError(f"fsdp * expert * tensor * slices = {others} does not divide --num_devices={num_devices}")
-    ici["data"] = num_devices // others if num_devices else 1
-  return {axis: ici[axis] * dcn[axis] for axis in sharding.MESH_AXES}
+  mesh = copy.deepcopy(mesh_config)
+  for key, size in overrides.items():
+    mesh[key] = size
+  if not num_devices:
+    mesh.data = 1 if mesh.data == -1 else mesh.data
+    num_devices = math.prod(mesh[key] for key in sharding.MESH_AXES + sharding.DCN_FIELDS)
+  return dict(zip(sharding.MESH_AXES, sharding.mesh_shape(mesh, num_devices)))
 
 
 def _count(n: float) -> str:
