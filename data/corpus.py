@@ -9,7 +9,8 @@ Python installation:
 * domain ``code``: the standard library's own ``.py`` source files.
 
 User corpora are a JSONL file (one ``{"text": ..., "id": ..., "source": ...}`` object per
-line; only ``text`` is required) or a folder of ``.txt`` / ``.md`` / ``.py`` files.
+line; only ``text`` is required) or a folder of ``.jsonl`` shards (what `data.curate`
+writes) and ``.txt`` / ``.md`` / ``.py`` files.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ _TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 class Document:
   id: str  # unique within a corpus; also the key of the train / validation split
   source: str  # domain name, e.g. "docs" or "code"
-  text: str
+  text: str  # plain text; empty for a web record until HTML extraction fills it
+  url: str | None = None  # where the document was fetched from, when known
+  metadata: dict = dataclasses.field(default_factory=dict, hash=False)  # JSON-serialisable extras
+  html: str | None = None  # raw HTML of a web record, dropped once extraction has produced `text`
 
 
 def stdlib_source_files() -> list[str]:
@@ -80,7 +84,10 @@ def embedded_documents() -> Iterator[Document]:
 
 
 def user_documents(path: str) -> Iterator[Document]:
-  """Documents of a JSONL file or a folder of text files (see module docstring).
+  """Documents of a JSONL file or a folder of text and JSONL files (see module docstring).
+
+  A folder's ``.jsonl`` files (such as the shards `python -m data.curate` writes) are read
+  as JSONL; its other text files are one document each.
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -88,17 +95,22 @@ def user_documents(path: str) -> Iterator[Document]:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"data path does not exist: {path!r}")
-  if os.path.isdir(path):
-    for directory, subdirs, names in os.walk(path):
-      subdirs.sort()
-      for name in sorted(names):
-        if name.endswith(_TEXT_SUFFIXES):
-          full = os.path.join(directory, name)
-          with open(full, encoding="utf-8", errors="replace") as f:
-            rel = os.path.relpath(full, path)
-            yield Document(id=rel, source=os.path.basename(os.path.normpath(path)), text=f.read())
+  if not os.path.isdir(path):
+    yield from _jsonl_documents(path, os.path.splitext(os.path.basename(path))[0])
     return
-  default_source = os.path.splitext(os.path.basename(path))[0]
+  for directory, subdirs, names in os.walk(path):
+    subdirs.sort()
+    for name in sorted(names):
+      full = os.path.join(directory, name)
+      if name.endswith(".jsonl"):
+        yield from _jsonl_documents(full, os.path.basename(os.path.normpath(path)))
+      elif name.endswith(_TEXT_SUFFIXES):
+        with open(full, encoding="utf-8", errors="replace") as f:
+          rel = os.path.relpath(full, path)
+          yield Document(id=rel, source=os.path.basename(os.path.normpath(path)), text=f.read())
+
+
+def _jsonl_documents(path: str, default_source: str) -> Iterator[Document]:
   with open(path, encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
@@ -113,6 +125,7 @@ def user_documents(path: str) -> Iterator[Document]:
           id=str(record.get("id", f"{default_source}:{line_number}")),
           source=str(record.get("source", default_source)),
           text=record["text"],
+          url=record.get("url"),
       )
 
 
