@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.beam_options = ""  # Apache Beam pipeline options for `--runner=beam`, e.g. "--runner=DirectRunner"
 
   c.url_filter = u = ml_collections.ConfigDict()
-  u.blocked_domains_file = os.path.join(_LISTS, "blocked_domains.txt")  # one domain per line; subdomains match
+  u.blocked_domains_file = os.path.join(_LISTS, "blocked_domains.txt")  # one domain per line; subdomains match; '' = none
   u.banned_words_file = os.path.join(_LISTS, "url_banned_words.txt")  # a URL word (split on non-letters) in it drops
   u.soft_banned_words_file = os.path.join(_LISTS, "url_soft_banned_words.txt")  # drops when this many URL words match:
   u.soft_banned_min_matches = 2  # ... (soft-banned words are ambiguous alone)
@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   g.max_words = 100_000  # words per document, at most
   g.min_mean_word_length = 3.0  # mean word length in characters, at least
   g.max_mean_word_length = 10.0  # ... at most
-  g.max_symbol_word_ratio = 0.1  # ('#' + '...' / '…') per word, at most
+  g.max_symbol_word_ratio = 0.1  # '#' per word, and ellipses ('...' / '…') per word, each at most
   g.max_bullet_lines_ratio = 0.9  # lines starting with a bullet, at most
   g.max_ellipsis_lines_ratio = 0.3  # lines ending with an ellipsis, at most
   g.min_alpha_words_ratio = 0.8  # words containing a letter, at least
