@@ -116,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.perplexity = p = ml_collections.ConfigDict()
   p.model = "ngram"  # ngram (trained on `reference`) | checkpoint (a run directory of this project)
-  p.model_path = ""  # the trained n-gram model (.npz) when model = ngram; trained at start when missing
+  p.model_path = ""  # ngram: the trained n-gram model (.npz); checkpoint: reference perplexity quantiles (.npz); made at start when missing
   p.run_dir = ""  # the run directory whose latest checkpoint and tokenizer score documents when model = checkpoint
   p.reference = []  # training corpora of the n-gram model, each made with `source(...)`
   p.order = 3  # n-gram order (words)
