@@ -128,7 +128,8 @@ class Report:
 
   def to_json(self, stage_order: list[str] | None = None) -> dict[str, Any]:
     """Everything as plain JSON: per stage, totals and per-source counts with top reasons."""
-    order = [s for s in (stage_order or []) if s in self.stages] + [s for s in self.stages if s not in (stage_order or [])]
+    stage_order = stage_order or []
+    order = [s for s in stage_order if s in self.stages] + [s for s in self.stages if s not in stage_order]
 
     def plain(counts):
       return {k: counts[k] for k in _COUNTS} | {"reasons": dict(counts["reasons"].most_common()),

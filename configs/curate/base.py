@@ -14,8 +14,8 @@ import ml_collections
 _LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data", "lists")
 
 
-def source(name: str, paths: str, format: str, text_field: str = "text", id_field: str = "",  # pylint: disable=redefined-builtin
-           url_field: str = "url") -> ml_collections.ConfigDict:
+def source(name: str, paths: str, format: str,  # pylint: disable=redefined-builtin
+           text_field: str = "text", id_field: str = "", url_field: str = "url") -> ml_collections.ConfigDict:
   """One input of `config.sources`."""
   return ml_collections.ConfigDict({
       "name": name,  # source name kept on every document and used to group the report
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.beam_options = ""  # Apache Beam pipeline options for `--runner=beam`, e.g. "--runner=DirectRunner"
 
   c.url_filter = u = ml_collections.ConfigDict()
-  u.blocked_domains_file = os.path.join(_LISTS, "blocked_domains.txt")  # one domain per line; subdomains match; '' = none
+  u.blocked_domains_file = os.path.join(_LISTS, "blocked_domains.txt")  # a domain per line (subdomains match)
   u.banned_words_file = os.path.join(_LISTS, "url_banned_words.txt")  # a URL word (split on non-letters) in it drops
   u.soft_banned_words_file = os.path.join(_LISTS, "url_soft_banned_words.txt")  # drops when this many URL words match:
   u.soft_banned_min_matches = 2  # ... (soft-banned words are ambiguous alone)
@@ -58,7 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   h.keep_list_bullets = True  # render list items with a bullet
 
   c.language = l = ml_collections.ConfigDict()
-  l.candidates = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "sv", "tr", "zh", "ja")  # ISO 639-1 codes the detector chooses among
+  # ISO 639-1 codes the detector chooses among
+  l.candidates = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "sv", "tr", "zh", "ja")
   l.keep = ("en",)  # languages kept
   l.min_score = 0.65  # drop when the detector's confidence in a kept language is below this (FineWeb: 0.65)
   l.max_chars = 2000  # characters of the document given to the detector (its cost grows with length)
@@ -116,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.perplexity = p = ml_collections.ConfigDict()
   p.model = "ngram"  # ngram (trained on `reference`) | checkpoint (a run directory of this project)
-  p.model_path = ""  # ngram: the trained n-gram model (.npz); checkpoint: reference perplexity quantiles (.npz); made at start when missing
+  p.model_path = ""  # ngram: n-gram model (.npz); checkpoint: reference perplexity quantiles; made at start if missing
   p.run_dir = ""  # the run directory whose latest checkpoint and tokenizer score documents when model = checkpoint
   p.reference = []  # training corpora of the n-gram model, each made with `source(...)`
   p.order = 3  # n-gram order (words)
