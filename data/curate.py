@@ -143,7 +143,10 @@ class StageRunner:
     for name in names:
       stage = self.stages[name]
       start = time.perf_counter()
-      result = stage.apply(doc, decision) if name == segment.before else stage(doc)
+      try:
+        result = stage.apply(doc, decision) if name == segment.before else stage(doc)
+      except Exception as e:  # pylint: disable=broad-except  # one bad document must not end a long run
+        result = stages_lib.Drop("stage_error", f"{type(e).__name__}: {e}"[:300])
       report.record(name, doc, result, time.perf_counter() - start)
       if isinstance(result, stages_lib.Drop):
         return None, None

@@ -17,8 +17,10 @@ it go the defects a real crawl has, each counted in ``manifest.json``:
 * navigation-only pages, non-HTML responses, a truncated file and malformed JSON lines.
 
 It also writes ``docstrings/``: function and class docstrings as JSONL (zstd) with bad
-lines in them, and ``reference/reference.jsonl``: docstrings of modules kept out of the
-crawl, the high-quality side for the quality classifier and the n-gram model.
+lines in them; ``reference/reference.jsonl``: docstrings of modules kept out of the
+crawl, the high-quality side for the quality classifier and the n-gram model; and
+``web_sample/web.jsonl``: low-quality web text (spam, menus, word salad, forum chatter),
+the other side of the quality classifier.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _module_docstrings() -> list[tuple[str, str, list[tuple[str, str]]]]:
     except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
       continue
     doc = ast.get_docstring(tree)
-    if not doc or len(doc.split()) < 80:
+    if not doc or len(doc.split()) < 50:
       continue
     objects = [(node.name, ast.get_docstring(node)) for node in ast.walk(tree)
                if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node)]
@@ -143,6 +145,21 @@ def _spam_page(rng: random.Random) -> list[tuple[str, str]]:
   return blocks
 
 
+def _low_quality_text(rng: random.Random, vocabulary: list[str], kind: int) -> str:
+  """Web text of the kinds a quality classifier learns to reject: spam, menus, word salad, chatter."""
+  if kind == 0:
+    return "\n".join(" ".join(rng.choice(_SPAM_WORDS) for _ in range(rng.randrange(8, 30))) for _ in range(5))
+  if kind == 1:
+    items = ("Home", "About us", "Contact", "Login", "Sign up", "Cart (0)", "FAQ", "Blog", "Careers", "Sitemap",
+             "Shop", "Gift cards", "Track order", "Help", "Newsletter", "Follow us", "Share", "Tweet", "Like")
+    return "\n".join(" | ".join(rng.sample(items, rng.randrange(3, 8))) for _ in range(rng.randrange(4, 12)))
+  if kind == 2:
+    return " ".join(rng.choice(vocabulary) for _ in range(rng.randrange(60, 200)))
+  chatter = ("lol", "omg", "same here", "first!!", "thx", "anyone?", "bump", "+1", "this", "idk", "so true",
+             "nice post", "check my profile", "who cares", "wow", "ok", "great stuff", "subscribed")
+  return "\n".join(rng.choice(chatter) for _ in range(rng.randrange(5, 20)))
+
+
 def _language_paragraphs() -> dict[str, list[str]]:
   paragraphs = {}
   if os.path.isdir(LANGUAGE_FIXTURES):
@@ -171,7 +188,8 @@ def build(output_dir: str, seed: int = 0, max_modules: int = 250) -> dict[str, A
 
   modules = _module_docstrings()
   rng.shuffle(modules)
-  crawl_modules, reference_modules = modules[:max_modules], modules[max_modules:max_modules * 2]
+  split = min(max_modules, len(modules) // 2)  # the other half is the reference corpus, kept out of the crawl
+  crawl_modules, reference_modules = modules[:split], modules[split:]
   articles = [(f"https://docs.python.example/reference/{name}.html", name, _unwrap(text))
               for name, text in sorted(topics.items())]
   articles += [(f"https://docs.python.example/library/{name}.html", name, _unwrap(doc))
@@ -201,10 +219,13 @@ def build(output_dir: str, seed: int = 0, max_modules: int = 250) -> dict[str, A
                       "date": _DATE})
       count("exact_copies")
     if i % 15 == 8:
-      words = " ".join(text for _, text in blocks).split()
-      for _ in range(max(1, len(words) // 50)):  # about 2% of the words changed
-        words[rng.randrange(len(words))] = rng.choice(("really", "quite", "very", "also", "simply"))
-      near = [("p", " ".join(words[j:j + 60])) for j in range(0, len(words), 60)]
+      near = []
+      for kind, text in blocks:  # about 3% of the prose words changed; code and headings as they were
+        words = text.split()
+        if kind == "p":
+          for _ in range(max(1, len(words) // 33)):
+            words[rng.randrange(len(words))] = rng.choice(("really", "quite", "very", "also", "simply"))
+        near.append((kind, " ".join(words) if kind == "p" else text))
       records.append({"url": url.replace("docs.python.example", "copies.example"),
                       "html": render(title, near, "copies.example", rng), "date": _DATE})
       count("near_copies")
@@ -274,6 +295,13 @@ def build(output_dir: str, seed: int = 0, max_modules: int = 250) -> dict[str, A
       f.write(json.dumps({"id": module, "text": doc}) + "\n")
       for name, text in objects[:3]:
         f.write(json.dumps({"id": f"{module}.{name}", "text": text}) + "\n")
+  web_dir = os.path.join(output_dir, "web_sample")
+  os.makedirs(web_dir, exist_ok=True)
+  vocabulary = " ".join(topics.values()).split()
+  with open(os.path.join(web_dir, "web.jsonl"), "w", encoding="utf-8") as f:
+    for j in range(240):
+      f.write(json.dumps({"id": f"web{j:04d}", "text": _low_quality_text(rng, vocabulary, j % 4)}) + "\n")
+  count("web_sample_documents", 240)
   eval_dir = os.path.join(output_dir, "eval")
   os.makedirs(eval_dir, exist_ok=True)
   with open(os.path.join(eval_dir, "quotes.jsonl"), "w", encoding="utf-8") as f:
@@ -287,7 +315,7 @@ def build(output_dir: str, seed: int = 0, max_modules: int = 250) -> dict[str, A
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_crawl", "Where to write the crawl.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the injected defects.")
-_MAX_MODULES = flags.DEFINE_integer("max_modules", 250, "Standard-library modules rendered as pages.")
+_MAX_MODULES = flags.DEFINE_integer("max_modules", 250, "Standard-library modules rendered as pages (at most half).")
 
 
 def main(argv) -> None:

@@ -24,7 +24,8 @@ def get_config():
   reference = [base.source("reference", os.path.join(INPUT, "reference", "reference.jsonl"), "jsonl",
                            id_field="id")]
   config.quality_classifier.reference = reference
-  config.quality_classifier.web = [base.source("crawl", os.path.join(INPUT, "crawl"), "warc")]
+  config.quality_classifier.web = [base.source("web", os.path.join(INPUT, "web_sample", "web.jsonl"), "jsonl",
+                                               id_field="id")]
   config.perplexity.reference = reference
   config.decontamination.eval_files = (os.path.join(INPUT, "eval", "quotes.jsonl"),)
   return config
