@@ -140,3 +140,26 @@ def test_plan_splits_at_global_stages():
   assert segments == [curate.Segment(None, ("url_filter",), "exact_dedup"),
                       curate.Segment("exact_dedup", ("pii",), "fuzzy_dedup"),
                       curate.Segment("fuzzy_dedup", (), None)]
+
+
+def test_a_stage_error_drops_only_that_document(crawl, tmp_path):
+  crawl_dir, _ = crawl
+  config = _config(crawl_dir, str(tmp_path / "out"))
+  config.pipeline = ("pii",)
+  runner = curate.StageRunner(config)
+  stage = runner.stages["pii"]
+
+  def flaky(doc):
+    if "boom" in doc.text:
+      raise RuntimeError("unexpected input")
+    return stage(doc)
+
+  runner.stages["pii"] = flaky
+  report = curate.report_lib.Report()
+  segment = curate.plan(config.pipeline)[0]
+  kept, _ = runner.run_segment(segment, corpus.Document("s/a", "s", "boom"), None, report)
+  assert kept is None
+  kept, _ = runner.run_segment(segment, corpus.Document("s/b", "s", "mail me at a.b@example.com"), None, report)
+  assert kept.text == "mail me at <EMAIL>" and "edits" not in kept.metadata
+  totals = report.totals("pii")
+  assert totals["reasons"] == {"stage_error": 1} and totals["edits"] == {"email": 1}
