@@ -33,6 +33,10 @@ from data import sources
 from data import stages as stages_lib
 
 
+# In-process runner: the DirectRunner would first try to fetch the Prism runner's binary from the network.
+_LOCAL_OPTIONS = "--runner=FnApiRunner"
+
+
 class _ReportingDoFn(beam.DoFn):
   """A DoFn that accounts in a per-bundle report, emitted on the "stats" output when the bundle ends."""
 
@@ -98,10 +102,7 @@ def _pair_with_decision(element) -> tuple[Any, Any]:
 
 def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> report_lib.Report:
   """Runs the pipeline with Beam (`config.beam_options`, DirectRunner when empty); returns the report."""
-  curate.check_config(config)
-  os.makedirs(config.output_dir, exist_ok=True)
-  config = curate.prepare_models(config, log)
-  curate.StageRunner(config)  # a bad list or model fails here, before the pipeline is submitted
+  config = curate.start(config, log)  # a bad config, list or model fails here, before the pipeline is submitted
   segments = curate.plan(config.pipeline)
   config_dict = config.to_dict()
   report_args = (config.samples_per_stage, config.seed, config.error_examples)
@@ -110,8 +111,8 @@ def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -
   for path in FileSystems.match([os.path.join(documents_dir, "*")])[0].metadata_list:  # stale parts of an old run
     FileSystems.delete([path.path])
   report_path = os.path.join(config.output_dir, "beam_report.pickle")
-  options = PipelineOptions(shlex.split(config.beam_options) or ["--runner=DirectRunner"])
-  log(f"curating {len(files)} files with Beam ({config.beam_options or '--runner=DirectRunner'}): "
+  options = PipelineOptions(shlex.split(config.beam_options or _LOCAL_OPTIONS))
+  log(f"curating {len(files)} files with Beam ({config.beam_options or _LOCAL_OPTIONS}): "
       f"{' -> '.join(config.pipeline)}")
   started = time.time()
   with beam.Pipeline(options=options) as p:

@@ -42,7 +42,7 @@ from data import sources
 from data import stages as stages_lib
 from data.corpus import Document
 
-FORMATS = ("jsonl", "parquet", "warc", "text")
+FORMATS = sources.FORMATS
 _PROGRESS_SECONDS = 5.0
 
 
@@ -94,8 +94,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("num_workers", "chunk_docs", "docs_per_shard", "min_doc_chars", "max_doc_chars"):
     if config[key] < (0 if key == "num_workers" else 1):
       raise CurationConfigError(f"{key}: {config[key]} must be {'>= 0' if key == 'num_workers' else '>= 1'}")
-  for spec in config.sources:
-    sources.list_files(spec)  # FileNotFoundError naming the source and path
+  if config.max_doc_chars < config.min_doc_chars:
+    raise CurationConfigError(f"max_doc_chars: {config.max_doc_chars} is below min_doc_chars {config.min_doc_chars}")
+  pipeline = list(config.pipeline)
+  if any(spec.format == "warc" for spec in config.sources):  # web records have no text before extraction
+    if "html_extraction" not in pipeline:
+      raise CurationConfigError("pipeline: a warc source needs the html_extraction stage")
+    early = [name for name in pipeline[:pipeline.index("html_extraction")] if name != "url_filter"]
+    if early:
+      raise CurationConfigError(f"pipeline: {', '.join(early)} would see web records before html_extraction; "
+                                "only url_filter may come first")
+  corpora = [("sources", config.sources)] + [(f"{stage}.{key}", config[stage][key]) for stage, key in _TRAINING_CORPORA
+                                             if stage in pipeline]
+  for key, specs in corpora:
+    for i, spec in enumerate(specs):
+      try:
+        sources.list_files(spec)
+      except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"{key}[{i}]: {e}") from None
+
+
+_TRAINING_CORPORA = (("quality_classifier", "reference"), ("quality_classifier", "web"), ("perplexity", "reference"),
+                     ("toxicity", "toxic"), ("toxicity", "clean"))
 
 
 def prepare_models(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> ml_collections.ConfigDict:
@@ -115,7 +135,7 @@ def prepare_models(config: ml_collections.ConfigDict, log: Callable[[str], None]
     ensure = getattr(module, "ensure_model", None)
     if ensure is not None:
       default_path = os.path.join(config.output_dir, "models", f"{name}.npz")
-      config[name] = ensure(config[name], read_documents, default_path, log)
+      config[name] = ensure(config[name], read_documents, default_path, log, seed=config.seed)
   return config
 
 
@@ -145,6 +165,8 @@ class StageRunner:
       start = time.perf_counter()
       try:
         result = stage.apply(doc, decision) if name == segment.before else stage(doc)
+        if not isinstance(result, (Document, stages_lib.Drop)):
+          raise TypeError(f"stage returned {type(result).__name__}, expected Document or Drop")
       except Exception as e:  # pylint: disable=broad-except  # one bad document must not end a long run
         result = stages_lib.Drop("stage_error", f"{type(e).__name__}: {e}"[:300])
       report.record(name, doc, result, time.perf_counter() - start)
@@ -156,7 +178,11 @@ class StageRunner:
     feature = None
     if segment.after:
       start = time.perf_counter()
-      feature = self.stages[segment.after].prepare(doc)
+      try:
+        feature = self.stages[segment.after].prepare(doc)
+      except Exception as e:  # pylint: disable=broad-except
+        report.record(segment.after, doc, stages_lib.Drop("stage_error", f"{type(e).__name__}: {e}"[:300]))
+        return None, None
       report.seconds[segment.after] += time.perf_counter() - start
     return doc, feature
 
@@ -207,13 +233,17 @@ class _Progress:
 
 
 def _read_all(config, report: report_lib.Report, progress_bytes: list[int]) -> Iterator[tuple[Document, None]]:
+  seen = set()  # ids must be unique: dedup decisions and the output are keyed by them
   for spec in config.sources:
     for path, relname in sources.list_files(spec):
       for item in sources.read_file(spec, path, relname, min_chars=config.min_doc_chars,
                                     max_chars=config.max_doc_chars):
+        if isinstance(item, Document) and item.id in seen:
+          item = sources.ReadError("duplicate_id", f"{path} ({item.id})", "an earlier record has this id")
         if isinstance(item, sources.ReadError):
           report.record_error(spec.name, item)
         else:
+          seen.add(item.id)
           report.record_read(item)
           yield item, None
       progress_bytes[0] += os.path.getsize(path)
@@ -252,14 +282,30 @@ class ShardWriter:
       self.file = None
 
 
+def start(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> ml_collections.ConfigDict:
+  """Checks the config, builds every stage once and trains missing models; the config the run uses.
+
+  Stages without models are built before any training so that a missing list or
+  evaluation file fails at once; stale report files of an earlier run are removed.
+  """
+  check_config(config)
+  for name in config.pipeline:
+    if not hasattr(importlib.import_module(f"data.stages.{stages_lib.REGISTRY[name][0]}"), "ensure_model"):
+      stages_lib.build(name, config)
+  os.makedirs(config.output_dir, exist_ok=True)
+  for name in ("report.json", "report.txt", "removed_samples.jsonl"):
+    if os.path.exists(os.path.join(config.output_dir, name)):
+      os.remove(os.path.join(config.output_dir, name))
+  config = prepare_models(config, log)
+  StageRunner(config)
+  return config
+
+
 def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> report_lib.Report:
   """Runs the pipeline locally on `config.num_workers` processes; returns the report (also written)."""
-  check_config(config)
-  os.makedirs(config.output_dir, exist_ok=True)
-  config = prepare_models(config, log)
-  StageRunner(config)  # builds every stage once here so that a bad list or model fails before any work
+  config = start(config, log)
   segments = plan(config.pipeline)
-  workers = config.num_workers or os.cpu_count() or 1
+  workers = config.num_workers or len(os.sched_getaffinity(0)) or 1
   report_args = (config.samples_per_stage, config.seed, config.error_examples)
   report = report_lib.Report(*report_args)
   read_report = report_lib.Report(*report_args)  # filled by the pool's feeder thread while `report` is merged
@@ -273,48 +319,48 @@ def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -
   decisions: dict[str, Any] = {}
   previous_spill, previous_count = None, 0
   context = multiprocessing.get_context("spawn")  # fork is unsafe once native libraries have started threads
-  with context.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(),)) as pool:
-    for index, segment in enumerate(segments):
-      last = index == len(segments) - 1
-      if previous_spill is None:
-        progress_bytes = [0]
-        items = _read_all(config, read_report, progress_bytes)
-        fraction = lambda: progress_bytes[0] / total_input  # pylint: disable=cell-var-from-loop
-      else:
-        items = _read_spill(previous_spill, decisions)
-        fraction = lambda: progress.done / max(1, previous_count)  # pylint: disable=cell-var-from-loop
-      label = " + ".join(([f"apply {segment.before}"] if segment.before else []) + list(segment.stages)
-                         + ([f"prepare {segment.after}"] if segment.after else [])) or "read"
-      progress = _Progress(label, log, fraction)
-      spill_path = os.path.join(spill_dir, f"segment-{index}.jsonl")
-      spill = None if last else open(spill_path, "w", encoding="utf-8")
-      features, count = [], 0
-      run_chunk = functools.partial(_run_chunk, segment, report_args)
-      for kept, chunk_features, chunk_report, chunk_in in pool.imap(run_chunk, _chunks(items, config.chunk_docs)):
-        report.merge(chunk_report)
-        features.extend(chunk_features)
-        for doc in kept:
-          if spill:
-            spill.write(json.dumps(doc_to_json(doc), ensure_ascii=False) + "\n")
-          else:
-            writer.write(doc)
-        count += len(kept)
-        progress.update(chunk_in)
-      progress.update(0, force=True)
-      if spill:
-        spill.close()
-      if previous_spill:
-        os.remove(previous_spill)
-      if segment.after:
-        start = time.time()
-        stage = stages_lib.build(segment.after, config)
-        decisions = stage.resolve(features)
-        report.seconds[segment.after] += time.time() - start
-        log(f"{segment.after}: {len(decisions)} of {len(features)} documents changed ({time.time() - start:.1f}s)")
-      previous_spill, previous_count = spill_path, count
-  writer.close()
+  try:
+    with context.Pool(workers, initializer=_init_worker, initargs=(config.to_dict(),)) as pool:
+      for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if previous_spill is None:
+          progress_bytes = [0]
+          items = _read_all(config, read_report, progress_bytes)
+          fraction = lambda: progress_bytes[0] / total_input  # pylint: disable=cell-var-from-loop
+        else:
+          items = _read_spill(previous_spill, decisions)
+          fraction = lambda: progress.done / max(1, previous_count)  # pylint: disable=cell-var-from-loop
+        label = " + ".join(([f"apply {segment.before}"] if segment.before else []) + list(segment.stages)
+                           + ([f"prepare {segment.after}"] if segment.after else [])) or "read"
+        progress = _Progress(label, log, fraction)
+        spill_path = os.path.join(spill_dir, f"segment-{index}.jsonl")
+        features, count = [], 0
+        run_chunk = functools.partial(_run_chunk, segment, report_args)
+        with open(os.devnull if last else spill_path, "w", encoding="utf-8") as spill:
+          for kept, chunk_features, chunk_report, chunk_in in pool.imap(run_chunk,
+                                                                        _chunks(items, config.chunk_docs)):
+            report.merge(chunk_report)
+            features.extend(chunk_features)
+            for doc in kept:
+              if last:
+                writer.write(doc)
+              else:  # ASCII-escaped: whatever a stage produced, the spill file can hold it
+                spill.write(json.dumps(doc_to_json(doc)) + "\n")
+            count += len(kept)
+            progress.update(chunk_in)
+        progress.update(0, force=True)
+        if previous_spill:
+          os.remove(previous_spill)
+        if segment.after:
+          begin = time.time()
+          decisions = stages_lib.build(segment.after, config).resolve(features)
+          report.seconds[segment.after] += time.time() - begin
+          log(f"{segment.after}: {len(decisions)} of {len(features)} documents changed ({time.time() - begin:.1f}s)")
+        previous_spill, previous_count = spill_path, count
+  finally:
+    writer.close()
+    shutil.rmtree(spill_dir, ignore_errors=True)
   report.merge(read_report)
-  shutil.rmtree(spill_dir, ignore_errors=True)
   report_lib.write(report, config.output_dir, ["read"] + list(config.pipeline))
   read = report.totals("read")
   log(f"kept {writer.count} of {read['docs_in']} records in {time.time() - started:.1f}s; "
@@ -331,6 +377,7 @@ def kept_documents(output_dir: str) -> Iterator[Document]:
 
 
 def main(argv) -> None:
+  """`python -m data.curate`: flags --config (a curation config file) and --runner (local | beam)."""
   del argv
   from absl import flags  # pylint: disable=import-outside-toplevel
   config = flags.FLAGS.config
@@ -340,18 +387,20 @@ def main(argv) -> None:
       beam.run(config)
     else:
       run(config)
-  except (CurationConfigError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError) as e:  # config errors and unusable inputs, named by key and path
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(open(os.path.join(config.output_dir, "report.txt"), encoding="utf-8").read())
+  with open(os.path.join(config.output_dir, "report.txt"), encoding="utf-8") as f:
+    print(f.read())
 
 
 if __name__ == "__main__":
   from absl import app, flags as absl_flags  # pylint: disable=ungrouped-imports
   from ml_collections import config_flags
+  from data import curate as curate_module  # the importable module, so that beam.py shares its classes
   config_flags.DEFINE_config_file("config", None, "Path to a curation config (configs/curate/NAME.py).",
                                   lock_config=True)
   absl_flags.DEFINE_enum("runner", "local", ["local", "beam"], "local = processes on this machine; beam = Apache "
                          "Beam with config.beam_options.")
   absl_flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(curate_module.main)

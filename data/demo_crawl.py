@@ -313,18 +313,17 @@ def build(output_dir: str, seed: int = 0, max_modules: int = 250) -> dict[str, A
   return manifest
 
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_crawl", "Where to write the crawl.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the injected defects.")
-_MAX_MODULES = flags.DEFINE_integer("max_modules", 250, "Standard-library modules rendered as pages (at most half).")
-
-
 def main(argv) -> None:
+  """`python -m data.demo_crawl`: flags --output_dir, --seed, --max_modules."""
   del argv
-  manifest = build(_OUTPUT_DIR.value, _SEED.value, _MAX_MODULES.value)
+  manifest = build(flags.FLAGS.output_dir, flags.FLAGS.seed, flags.FLAGS.max_modules)
   for key, value in manifest["counts"].items():
     print(f"{key:>26}: {value}")
-  print(f"written to {_OUTPUT_DIR.value}")
+  print(f"written to {flags.FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("output_dir", "demo_crawl", "Where to write the crawl.")
+  flags.DEFINE_integer("seed", 0, "Seed of the injected defects.")
+  flags.DEFINE_integer("max_modules", 250, "Standard-library modules rendered as pages (at most half).")
   app.run(main)

@@ -40,7 +40,7 @@ class Report:
     self.seed = seed
     self.error_examples = error_examples
     self.stages: dict[str, dict[str, dict[str, Any]]] = {}  # stage -> source -> counts
-    self.seconds: collections.Counter = collections.Counter()  # stage -> CPU seconds summed over workers
+    self.seconds: collections.Counter = collections.Counter()  # stage -> seconds spent in it, summed over workers
     self.samples: dict[str, list[tuple[str, dict]]] = {}  # stage -> [(hash, sample)], the smallest hashes
     self.error_locations: dict[str, list[str]] = {}  # read error reason -> first locations
 
@@ -111,9 +111,9 @@ class Report:
     for stage, samples in other.samples.items():
       merged = sorted({key: sample for key, sample in self.samples.get(stage, []) + samples}.items())
       self.samples[stage] = merged[:self.samples_per_stage]
-    for reason, locations in other.error_locations.items():
-      ours = self.error_locations.setdefault(reason, [])
-      ours.extend(locations[:max(0, self.error_examples - len(ours))])
+    for reason, locations in other.error_locations.items():  # first in path order, whatever the merge order
+      merged = sorted(set(self.error_locations.get(reason, [])) | set(locations))
+      self.error_locations[reason] = merged[:self.error_examples]
     return self
 
   def totals(self, stage: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class Report:
   def to_json(self, stage_order: list[str] | None = None) -> dict[str, Any]:
     """Everything as plain JSON: per stage, totals and per-source counts with top reasons."""
     stage_order = stage_order or []
-    order = [s for s in stage_order if s in self.stages] + [s for s in self.stages if s not in stage_order]
+    order = list(stage_order) + [s for s in self.stages if s not in stage_order]
 
     def plain(counts):
       return {k: counts[k] for k in _COUNTS} | {"reasons": dict(counts["reasons"].most_common()),
@@ -143,7 +143,7 @@ class Report:
           "removed_fraction": total["docs_removed"] / max(1, total["docs_in"]),
           "cpu_seconds": round(self.seconds.get(stage, 0.0), 3),
           "docs_per_cpu_second": round(total["docs_in"] / self.seconds[stage], 1) if self.seconds.get(stage) else None,
-          "sources": {source: plain(counts) for source, counts in sorted(self.stages[stage].items())},
+          "sources": {source: plain(counts) for source, counts in sorted(self.stages.get(stage, {}).items())},
       }
     return {"stages": stages, "read_error_examples": self.error_locations}
 

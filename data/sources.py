@@ -195,6 +195,9 @@ def _scalar(value: Any) -> Any:
   return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _record_document(spec: ml_collections.ConfigDict, record: dict, relname: str, index: int, location: str,
                      min_chars: int, max_chars: int) -> Document | ReadError:
   """The document of one JSONL / Parquet record (a dict of field -> value)."""
@@ -210,6 +213,10 @@ def _record_document(spec: ml_collections.ConfigDict, record: dict, relname: str
   error = _length_error(len(text), location, min_chars, max_chars)
   if error:
     return error
+  surrogate = _SURROGATE.search(text)
+  if surrogate:  # JSON escapes can encode half of a surrogate pair, which no UTF-8 file can hold
+    return ReadError("invalid_utf8", location, f"field {spec.text_field!r}, character {surrogate.start()}: "
+                     "lone surrogate")
   record_id = record.get(spec.id_field) if spec.id_field else None
   if record_id is None or record_id == "":
     doc_id = f"{spec.name}/{relname}#{index:08d}"
@@ -221,8 +228,13 @@ def _record_document(spec: ml_collections.ConfigDict, record: dict, relname: str
   for key, value in record.items():
     kept = _scalar(value)
     # None is itself a JSON scalar; a None from `_scalar` otherwise marks a nested value, left out.
+    if isinstance(kept, str):
+      kept = _SURROGATE.sub("\ufffd", kept)
     if key not in own_fields and (kept is not None or value is None):
-      metadata[key] = kept
+      # "edits" is where stages report their changes to the runner; a source field of that name is renamed.
+      metadata["source_edits" if key == "edits" else key] = kept
+  if isinstance(url, str):
+    url = _SURROGATE.sub("\ufffd", url)
   return Document(id=doc_id, source=spec.name, text=text, url=url if isinstance(url, str) and url else None,
                   metadata=metadata)
 

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from configs.curate import base as curate_base
 from configs.curate import demo as demo_config
 from data import corpus
 from data import curate
@@ -163,3 +164,37 @@ def test_a_stage_error_drops_only_that_document(crawl, tmp_path):
   assert kept.text == "mail me at <EMAIL>" and "edits" not in kept.metadata
   totals = report.totals("pii")
   assert totals["reasons"] == {"stage_error": 1} and totals["edits"] == {"email": 1}
+
+
+def test_duplicate_ids_are_read_errors_and_stage_order_is_checked(tmp_path):
+  path = tmp_path / "a.jsonl"
+  words = " ".join(f"word{i}" for i in range(60))
+  path.write_text("".join(json.dumps({"id": k, "text": f"{words} {k}"}) + "\n" for k in ("x", "y", "x")),
+                  encoding="utf-8")
+  config = demo_config.get_config()
+  config.sources = [curate_base.source("a", str(path), "jsonl", id_field="id")]
+  config.pipeline = ("exact_dedup",)
+  config.output_dir = str(tmp_path / "out")
+  config.num_workers = 1
+  report = curate.run(config, log=lambda line: None)
+  assert report.totals("read")["reasons"] == {"duplicate_id": 1}
+  assert sorted(d.id for d in curate.kept_documents(config.output_dir)) == ["a/x", "a/y"]
+  config.sources = [curate_base.source("web", str(tmp_path), "warc")]
+  with pytest.raises(curate.CurationConfigError, match="html_extraction"):
+    curate.check_config(config)
+  config.pipeline = ("language", "html_extraction")
+  with pytest.raises(curate.CurationConfigError, match="language would see web records before html_extraction"):
+    curate.check_config(config)
+
+
+def test_command_line_reports_config_errors(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  for runner in ("local", "beam"):
+    result = subprocess.run([sys.executable, "-m", "data.curate", "--config", "configs/curate/demo.py",
+                             f"--runner={runner}", f"--config.output_dir={tmp_path}",
+                             "--config.pipeline=('url_filter','typo_stage')"],
+                            capture_output=True, text=True, check=False,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config error: pipeline: unknown stage 'typo_stage'" in result.stderr

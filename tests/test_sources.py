@@ -344,3 +344,15 @@ def test_unreadable_file_is_reported(tmp_path):
   spec = base.source("web", str(tmp_path), "jsonl")
   items = list(sources.read_file(spec, str(tmp_path / "gone.jsonl"), "gone.jsonl", min_chars=1, max_chars=10))
   assert _errors(items) == [("unreadable_file", str(tmp_path / "gone.jsonl"))]
+
+
+def test_lone_surrogates_and_a_field_named_edits(tmp_path):
+  path = tmp_path / "web.jsonl"
+  path.write_text('{"text": "half an emoji \\ud83d here"}\n'
+                  '{"text": "fine", "edits": 3, "title": "a \\udc00 b"}\n', encoding="utf-8")
+  spec = base.source("web", str(path), "jsonl")
+  first, second = sources.read(spec, min_chars=1, max_chars=1000)
+  assert isinstance(first, sources.ReadError) and first.reason == "invalid_utf8" and "surrogate" in first.detail
+  assert second.text == "fine"
+  assert second.metadata == {"source_edits": 3, "title": "a \ufffd b"}  # "edits" is the stages' channel
+  json.dumps(second.metadata, ensure_ascii=False).encode("utf-8")  # writable as UTF-8

@@ -336,7 +336,7 @@ def test_beam_transforms_give_the_same_decisions_as_resolve():
   expected = {name: sorted(stages[name].resolve(items).items()) for name, items in features.items()}
   # exact: doc2 (copy of "copy"); fuzzy: doc2, near1, chain-b, chain-c; substring: doc1-4, near1.
   assert [len(expected[name]) for name in stages] == [1, 4, 5]
-  with TestPipeline() as pipeline:
+  with TestPipeline(runner="FnApiRunner") as pipeline:  # in process; DirectRunner would try to fetch Prism
     for name, stage in stages.items():
       decisions = (pipeline | f"{name} features" >> beam.Create(features[name])
                    | f"{name} resolve" >> stage.beam_resolve())

@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
       "url_filter", "html_extraction", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb",
       "quality_classifier", "perplexity", "exact_dedup", "fuzzy_dedup", "substring_dedup", "pii", "toxicity",
       "decontamination")
-  c.num_workers = 0  # local runner processes; 0 = one per CPU core
+  c.num_workers = 0  # local runner processes; 0 = one per CPU core (Beam: set by beam_options)
   c.chunk_docs = 64  # documents handed to a worker at a time
   c.docs_per_shard = 10_000  # kept documents per output JSONL shard
   c.samples_per_stage = 5  # removed documents kept per stage for inspection (chosen by a seeded hash of the id)
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.min_doc_chars = 1  # documents shorter than this after reading are dropped as "empty"
   c.max_doc_chars = 10_000_000  # documents longer than this are dropped as "too_long" (gigantic records)
   c.error_examples = 5  # read errors listed with file and line / offset in the report, per reason
-  c.beam_options = ""  # Apache Beam pipeline options for `--runner=beam`, e.g. "--runner=DirectRunner"
+  c.beam_options = ""  # Apache Beam options for `--runner=beam` ('' = in-process), e.g. "--runner=DataflowRunner ..."
 
   c.url_filter = u = ml_collections.ConfigDict()
   u.blocked_domains_file = os.path.join(_LISTS, "blocked_domains.txt")  # a domain per line (subdomains match)
