@@ -7,7 +7,9 @@ stages run on every core; a global stage (dedup) is a barrier: the stages before
 over the whole corpus while its per-document features are collected, then it decides
 centrally, and its decisions are applied as the documents flow into the next stages.
 Between barriers documents are spilled to JSONL files in the output folder, so memory
-holds only the current chunks and the dedup features, not the corpus.
+holds the current chunks and the dedup features but not the documents: a digest per
+document for exact dedup, a signature for fuzzy dedup, and for substring dedup the token
+ids and offsets of the whole corpus (about 16 bytes per token, as in Lee et al. 2022).
 
 Output, in `config.output_dir`:
 

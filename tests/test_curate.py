@@ -130,7 +130,7 @@ def test_bad_config_fails_at_start(crawl, tmp_path):
   with pytest.raises(curate.CurationConfigError, match="spell_check"):
     curate.run(config, log=lambda line: None)
   config = _config(crawl_dir, str(tmp_path / "out"))
-  config.pipeline = ("url_filter",)
+  config.pipeline = ("url_filter", "html_extraction")
   config.url_filter.blocked_domains_file = str(tmp_path / "missing-list.txt")
   with pytest.raises(FileNotFoundError, match="url_filter.blocked_domains_file.*missing-list.txt"):
     curate.run(config, log=lambda line: None)
