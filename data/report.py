@@ -175,7 +175,7 @@ def _table(stages: list[str], rows: dict[str, dict], data: dict | None) -> str:
     removed = f"{100 * c['docs_removed'] / max(1, c['docs_in']):.1f}%"
     reasons = ", ".join(f"{r} {n}" for r, n in list(c["reasons"].items())[:3])
     if c["edits"]:
-      reasons += ("; " if reasons else "") + "edits: " + ", ".join(f"{k} {n}" for k, n in list(c["edits"].items())[:3])
+      reasons += ("; " if reasons else "") + "edits: " + ", ".join(f"{k} {n}" for k, n in list(c["edits"].items())[:5])
     speed = data["stages"][stage]["docs_per_cpu_second"] if data else None
     out.append(f"{stage:<18} {c['docs_in']:>9} {c['docs_kept']:>9} {removed:>8} {c['docs_modified']:>8} "
                f"{c['chars_in']:>12} {c['chars_out']:>12} {speed if speed is not None else '':>11}  {reasons}")

@@ -454,7 +454,7 @@ def ensure_model(stage_config: ml_collections.ConfigDict, read_documents: Callab
     model.save(path)
     quantiles = model.reference_quantiles
     log(f"perplexity: trained a {stage_config.order}-gram model on {len(kept)} reference documents "
-        f"({model.num_predicted} words); held-out perplexity on {len(heldout)} documents: median "
+        f"(vocabulary of {model.num_predicted} words); held-out perplexity on {len(heldout)} documents: median "
         f"{quantiles[50]:.0f}, 1%..99% {quantiles[1]:.0f}..{quantiles[99]:.0f}; saved to {path}")
   else:
     scorer = CheckpointScorer(stage_config.run_dir)
