@@ -53,18 +53,32 @@ class _ReportingDoFn(beam.DoFn):
 
 
 class _ReadFn(_ReportingDoFn):
-  """(source index, path, relative name) -> the file's documents."""
+  """(file number, source index, path, relative name) -> (id, (reading position, path, document)) per document."""
 
   def process(self, element):
-    index, path, relname = element
+    file_number, index, path, relname = element
     config = ml_collections.ConfigDict(self.config_dict)
     spec = config.sources[index]
-    for item in sources.read_file(spec, path, relname, min_chars=config.min_doc_chars, max_chars=config.max_doc_chars):
+    items = sources.read_file(spec, path, relname, min_chars=config.min_doc_chars, max_chars=config.max_doc_chars)
+    for record, item in enumerate(items):
       if isinstance(item, sources.ReadError):
         self.report.record_error(spec.name, item)
       else:
-        self.report.record_read(item)
-        yield item
+        yield item.id, ((file_number, record), path, item)
+
+
+class _FirstOfIdFn(_ReportingDoFn):
+  """(id, copies) -> the copy read first; later ones are read errors, as in the local runner."""
+
+  def process(self, element):
+    _, copies = element
+    copies = sorted(copies, key=lambda copy: copy[0])
+    _, _, doc = copies[0]
+    self.report.record_read(doc)
+    for _, path, duplicate in copies[1:]:
+      self.report.record_error(duplicate.source, sources.ReadError("duplicate_id", f"{path} ({duplicate.id})",
+                                                                   "an earlier record has this id"))
+    yield doc
 
 
 class _SegmentFn(_ReportingDoFn):
@@ -107,6 +121,7 @@ def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -
   config_dict = config.to_dict()
   report_args = (config.samples_per_stage, config.seed, config.error_examples)
   files = [(i, path, relname) for i, spec in enumerate(config.sources) for path, relname in sources.list_files(spec)]
+  files = [(number, *file) for number, file in enumerate(files)]
   documents_dir = os.path.join(config.output_dir, "documents")
   for path in FileSystems.match([os.path.join(documents_dir, "*")])[0].metadata_list:  # stale parts of an old run
     FileSystems.delete([path.path])
@@ -118,7 +133,9 @@ def run(config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -
   with beam.Pipeline(options=options) as p:
     read = (p | "files" >> beam.Create(files) | "reshuffle files" >> beam.Reshuffle()
             | "read" >> beam.ParDo(_ReadFn(config_dict)).with_outputs("stats", main="docs"))
-    docs, stats, decisions = read.docs, [read.stats], None
+    unique = (read.docs | "group ids" >> beam.GroupByKey()  # ids key the dedup decisions and must be unique
+              | "first of each id" >> beam.ParDo(_FirstOfIdFn(config_dict)).with_outputs("stats", main="docs"))
+    docs, stats, decisions = unique.docs, [read.stats, unique.stats], None
     for i, segment in enumerate(segments):
       if segment.before:
         keyed = docs | f"key {i}" >> beam.Map(lambda d: (d.id, d))

@@ -169,7 +169,7 @@ def test_a_stage_error_drops_only_that_document(crawl, tmp_path):
 def test_duplicate_ids_are_read_errors_and_stage_order_is_checked(tmp_path):
   path = tmp_path / "a.jsonl"
   words = " ".join(f"word{i}" for i in range(60))
-  path.write_text("".join(json.dumps({"id": k, "text": f"{words} {k}"}) + "\n" for k in ("x", "y", "x")),
+  path.write_text("".join(json.dumps({"id": k, "text": f"{words} {k} {i}"}) + "\n" for i, k in enumerate("xyx")),
                   encoding="utf-8")
   config = demo_config.get_config()
   config.sources = [curate_base.source("a", str(path), "jsonl", id_field="id")]
@@ -178,7 +178,13 @@ def test_duplicate_ids_are_read_errors_and_stage_order_is_checked(tmp_path):
   config.num_workers = 1
   report = curate.run(config, log=lambda line: None)
   assert report.totals("read")["reasons"] == {"duplicate_id": 1}
-  assert sorted(d.id for d in curate.kept_documents(config.output_dir)) == ["a/x", "a/y"]
+  kept = sorted((d.id, d.text) for d in curate.kept_documents(config.output_dir))
+  assert [doc_id for doc_id, _ in kept] == ["a/x", "a/y"] and kept[0][1].endswith(" x 0")
+  from data import beam  # pylint: disable=import-outside-toplevel
+  config.output_dir = str(tmp_path / "beam")
+  beam_report = beam.run(config, log=lambda line: None)
+  assert beam_report.totals("read")["reasons"] == {"duplicate_id": 1}
+  assert sorted((d.id, d.text) for d in curate.kept_documents(config.output_dir)) == kept  # the first copy, as locally
   config.sources = [curate_base.source("web", str(tmp_path), "warc")]
   with pytest.raises(curate.CurationConfigError, match="html_extraction"):
     curate.check_config(config)
