@@ -227,6 +227,39 @@ def split_heldout(documents: Iterable[Document], fraction: float, seed: int) -> 
   return kept, heldout
 
 
+def train_and_save(positive_docs: Iterable[Document], negative_docs: Iterable[Document], *, keys: tuple[str, str],
+                   labels: tuple[str, str], path: str, ngram_max: int, num_features: int, epochs: int, seed: int,
+                   threshold: float) -> str:
+  """Trains a classifier on two corpora, 10% of each held out by id, and saves it to `path`.
+
+  Args:
+    positive_docs / negative_docs: the training documents of each class.
+    keys: the config keys of the two corpora, named when one gives no documents.
+    labels: names of the two classes in the returned summary.
+    threshold: a held-out document counts as right when its score is above this for the positive class
+      (at or below for the negative), i.e. the decision the filter using the model will take.
+
+  Returns:
+    One line: documents per class, held-out accuracy, where the model was saved.
+  """
+  positive, positive_heldout = split_heldout(positive_docs, HELDOUT_FRACTION, seed)
+  negative, negative_heldout = split_heldout(negative_docs, HELDOUT_FRACTION, seed)
+  if not positive or not negative:
+    raise ValueError(f"training needs documents of both classes; {keys[0]} gave {len(positive)} and {keys[1]} gave "
+                     f"{len(negative)} (after holding out {HELDOUT_FRACTION:.0%})")
+  classifier = train(positive, negative, ngram_max=ngram_max, num_features=num_features, epochs=epochs, seed=seed)
+  classifier.save(path)
+  heldout = len(positive_heldout) + len(negative_heldout)
+  if heldout:
+    correct = (int(np.sum(classifier.score_many(positive_heldout) > threshold))
+               + int(np.sum(classifier.score_many(negative_heldout) <= threshold)))
+    accuracy = f"held-out accuracy {correct / heldout:.3f} on {heldout} documents"
+  else:
+    accuracy = "no documents held out"
+  return (f"trained on {len(positive) + len(negative)} documents ({len(positive)} {labels[0]}, {len(negative)} "
+          f"{labels[1]}); {accuracy}; saved to {path}")
+
+
 def ensure_model(stage_config: ml_collections.ConfigDict, read_documents: Callable[[list], Iterable[Document]],
                  default_path: str, log: Callable[[str], None], seed: int = 0) -> ml_collections.ConfigDict:
   """`config.quality_classifier` with a usable model_path, training the classifier when it is missing.
@@ -255,25 +288,12 @@ def ensure_model(stage_config: ml_collections.ConfigDict, read_documents: Callab
   for key, minimum in (("ngram_max", 1), ("num_features", 2), ("epochs", 1)):
     if stage_config[key] < minimum:
       raise ValueError(f"quality_classifier.{key} must be >= {minimum}, got {stage_config[key]}")
-  positive, positive_heldout = split_heldout(read_documents(stage_config.reference), HELDOUT_FRACTION, seed)
-  negative, negative_heldout = split_heldout(read_documents(stage_config.web), HELDOUT_FRACTION, seed)
-  if not positive or not negative:
-    raise ValueError(f"quality_classifier: training needs documents of both classes; quality_classifier.reference "
-                     f"gave {len(positive)} and quality_classifier.web gave {len(negative)} (after holding out "
-                     f"{HELDOUT_FRACTION:.0%})")
-  classifier = train(positive, negative, ngram_max=stage_config.ngram_max, num_features=stage_config.num_features,
-                     epochs=stage_config.epochs, seed=seed)
   path = stage_config.model_path or default_path
-  classifier.save(path)
-  heldout = len(positive_heldout) + len(negative_heldout)
-  if heldout:
-    correct = (int(np.sum(classifier.score_many(positive_heldout) >= 0.5))
-               + int(np.sum(classifier.score_many(negative_heldout) < 0.5)))
-    accuracy = f"held-out accuracy {correct / heldout:.3f} on {heldout} documents"
-  else:
-    accuracy = "no documents held out"
-  log(f"quality_classifier: trained on {len(positive) + len(negative)} documents ({len(positive)} reference, "
-      f"{len(negative)} web); {accuracy}; saved to {path}")
+  summary = train_and_save(read_documents(stage_config.reference), read_documents(stage_config.web),
+                           keys=("quality_classifier.reference", "quality_classifier.web"), labels=("reference", "web"),
+                           path=path, ngram_max=stage_config.ngram_max, num_features=stage_config.num_features,
+                           epochs=stage_config.epochs, seed=seed, threshold=0.5)
+  log(f"quality_classifier: {summary}")
   updated = stage_config.copy_and_resolve_references()
   updated.model_path = path
   return updated

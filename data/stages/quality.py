@@ -44,7 +44,8 @@ from data.stages import Drop
 # ASCII punctuation plus the typographic marks that web text uses in their place.
 PUNCTUATION = string.punctuation + "“”‘’«»‹›„‚–—―‐‑…·•¡¿§¶†‡′″"
 # Characters that open a bulleted line: ASCII list markers and the common bullet glyphs.
-BULLETS = ("•", "‣", "◦", "⁃", "●", "○", "■", "□", "▪", "▫", "►", "▶", "➢", "→", "-", "*", "–", "—", "·")
+BULLETS = ("•", "‣", "◦", "⁃", "●", "○", "■", "□", "▪", "▫",
+           "►", "▶", "➢", "→", "-", "*", "–", "—", "·")
 ELLIPSES = ("...", "…")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")

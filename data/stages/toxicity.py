@@ -26,7 +26,6 @@ import re
 from typing import Callable, Iterable
 
 import ml_collections
-import numpy as np
 
 from data.corpus import Document
 from data.stages import Drop
@@ -137,28 +136,12 @@ def ensure_model(stage_config: ml_collections.ConfigDict, read_documents: Callab
     missing = "toxicity.clean" if toxic_specs else "toxicity.toxic"
     raise ValueError(f"{missing} is empty: training the toxicity classifier needs both toxicity.toxic and "
                      "toxicity.clean corpora")
-  toxic, toxic_heldout = classifier_lib.split_heldout(read_documents(toxic_specs), classifier_lib.HELDOUT_FRACTION,
-                                                      seed)
-  clean, clean_heldout = classifier_lib.split_heldout(read_documents(clean_specs), classifier_lib.HELDOUT_FRACTION,
-                                                      seed)
-  if not toxic or not clean:
-    raise ValueError(f"toxicity: training needs documents of both classes; toxicity.toxic gave {len(toxic)} and "
-                     f"toxicity.clean gave {len(clean)} (after holding out {classifier_lib.HELDOUT_FRACTION:.0%})")
-  model = classifier_lib.train(toxic, clean, ngram_max=CLASSIFIER_NGRAM_MAX, num_features=CLASSIFIER_NUM_FEATURES,
-                               epochs=CLASSIFIER_EPOCHS, seed=seed)
   path = path or default_path
-  model.save(path)
-  heldout = len(toxic_heldout) + len(clean_heldout)
-  if heldout:
-    # Accuracy at the filter's own threshold, so the line says how the configured filter will behave.
-    threshold = float(stage_config.get("classifier_max_score", 0.5))
-    correct = (int(np.sum(model.score_many(toxic_heldout) > threshold))
-               + int(np.sum(model.score_many(clean_heldout) <= threshold)))
-    accuracy = f"held-out accuracy {correct / heldout:.3f} on {heldout} documents"
-  else:
-    accuracy = "no documents held out"
-  log(f"toxicity: trained the classifier on {len(toxic) + len(clean)} documents ({len(toxic)} toxic, {len(clean)} "
-      f"clean); {accuracy}; saved to {path}")
+  summary = classifier_lib.train_and_save(
+      read_documents(toxic_specs), read_documents(clean_specs), keys=("toxicity.toxic", "toxicity.clean"),
+      labels=("toxic", "clean"), path=path, ngram_max=CLASSIFIER_NGRAM_MAX, num_features=CLASSIFIER_NUM_FEATURES,
+      epochs=CLASSIFIER_EPOCHS, seed=seed, threshold=float(stage_config.get("classifier_max_score", 0.5)))
+  log(f"toxicity: {summary}")
   updated = stage_config.copy_and_resolve_references()
   updated.classifier_path = path
   return updated
