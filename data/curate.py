@@ -120,6 +120,11 @@ _TRAINING_CORPORA = (("quality_classifier", "reference"), ("quality_classifier",
                      ("toxicity", "toxic"), ("toxicity", "clean"))
 
 
+def _model_trainer(name: str) -> Callable | None:
+  """The `ensure_model` of stage `name`'s module: stages with one train or load a model at the start of a run."""
+  return getattr(importlib.import_module(f"data.stages.{stages_lib.REGISTRY[name][0]}"), "ensure_model", None)
+
+
 def prepare_models(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> ml_collections.ConfigDict:
   """A copy of `config` where every stage that trains a model at start has one (trained now if missing)."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -133,8 +138,7 @@ def prepare_models(config: ml_collections.ConfigDict, log: Callable[[str], None]
         yield doc
 
   for name in config.pipeline:
-    module = importlib.import_module(f"data.stages.{stages_lib.REGISTRY[name][0]}")
-    ensure = getattr(module, "ensure_model", None)
+    ensure = _model_trainer(name)
     if ensure is not None:
       default_path = os.path.join(config.output_dir, "models", f"{name}.npz")
       config[name] = ensure(config[name], read_documents, default_path, log, seed=config.seed)
@@ -292,14 +296,16 @@ def start(config: ml_collections.ConfigDict, log: Callable[[str], None]) -> ml_c
   """
   check_config(config)
   for name in config.pipeline:
-    if not hasattr(importlib.import_module(f"data.stages.{stages_lib.REGISTRY[name][0]}"), "ensure_model"):
+    if _model_trainer(name) is None:
       stages_lib.build(name, config)
   os.makedirs(config.output_dir, exist_ok=True)
   for name in ("report.json", "report.txt", "removed_samples.jsonl"):
     if os.path.exists(os.path.join(config.output_dir, name)):
       os.remove(os.path.join(config.output_dir, name))
   config = prepare_models(config, log)
-  StageRunner(config)
+  for name in config.pipeline:  # the others were built above
+    if _model_trainer(name) is not None:
+      stages_lib.build(name, config)
   return config
 
 
