@@ -53,6 +53,7 @@ def test_tokenizer_round_trips_code_and_is_reused(tokenizer, small_documents, tm
   first = tokenizer_lib.train_or_load(small_documents[:50], 640, directory, 10000)
   meta = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
   assert meta["bos_id"] == 1 and meta["eos_id"] == 2 and meta["pad_id"] == 3 and meta["byte_fallback"]
+  assert meta["sha256"] == tokenizer_lib.model_hash(directory) == first.sha256
   # A relaunch reuses the saved model even if given other documents.
   second = tokenizer_lib.train_or_load(small_documents[50:60], 640, directory, 10000)
   assert second.encode(text) == first.encode(text)
