@@ -53,14 +53,20 @@ def get_config() -> ml_collections.ConfigDict:
   model.compute_dtype = "auto"  # dtype of matmuls and activations; auto = float32 on CPU, bfloat16 on GPU / TPU
 
   config.data = data = ml_collections.ConfigDict()
-  data.path = ""  # '' = the embedded corpus (Python docs + stdlib source); else a JSONL file or a folder of text files
+  data.path = ""  # documents tokenized at launch into RUN_DIR/tokens: JSONL file or folder; '' = the embedded corpus
+  data.tokens_dir = ""  # token shards from `python -m data.shards` (their tokenizer is used); '' = tokenize data.path
   data.seq_len = 256  # tokens per packed training row
-  data.validation_fraction = 0.05  # share of documents held out for validation (split by document id)
-  data.split_seed = 0  # seed of the train / validation split
-  data.shuffle_seed = 0  # seed of the training order (documents and packed rows)
-  data.num_packing_bins = 64  # rows packed at once by first-fit (per stream); more bins = less padding
-  data.num_streams = 8  # packing streams; a batch takes equal rows from each: same batches for any process count dividing it
-  data.tokenizer_max_sentences = 500000  # lines sampled from the training split to train the tokenizer
+  data.validation_fraction = 0.05  # launch-time tokenization: share of documents held out (split by document id)
+  data.split_seed = 0  # launch-time tokenization: seed of the train / validation split
+  data.tokenizer_max_sentences = 500000  # launch-time tokenization: lines sampled from the training split
+  data.shuffle_seed = 0  # seed of each source's document order and of every epoch's row order
+  data.mixture = ()  # (source, weight) pairs: share of training rows per source; () = by size (mixture_temperature)
+  data.mixture_temperature = 1.0  # without mixture weights: source i drawn in proportion to tokens_i^(1/T)
+  data.mixture_epochs = ()  # (source, epochs) pairs: shown exactly this many times over train.steps
+  data.curriculum = ()  # (step, ((source, weight), ...)) stages: from that step on these weights replace mixture
+  data.num_workers = 0  # grain worker processes reading batches; 0 = threads of the training process
+  data.prefetch_batches = 4  # batches read ahead of the train step
+  data.verify_checksums = True  # sha256 of every shard against the manifest at start (sizes are always checked)
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # data-parallel mesh axis size; -1 = all devices not used by the other axes

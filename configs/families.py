@@ -123,15 +123,14 @@ def accelerator(config: ml_collections.ConfigDict, *, name: str, seq_len: int, g
   state sharded over `fsdp` devices (times `expert` and `tensor` where given), with the
   data axis taking whatever devices are left (mesh.data = -1). Training rows are the
   model's full context. The optimizer follows the base AdamW (b2 0.95, weight decay 0.1,
-  clipping 1.0). data.path is left to the command line: the embedded corpus is far too
-  small for these models.
+  clipping 1.0). data.tokens_dir is left to the command line: the embedded corpus is far
+  too small for these models.
   """
   m = config.model
   m.param_dtype = "float32"
   m.compute_dtype = "bfloat16"
   m.remat_policy = remat_policy
   config.data.seq_len = seq_len
-  config.data.num_streams = 64  # lets up to 64 hosts (and any divisor of 64) share the same batches
   config.mesh.data = -1
   config.mesh.fsdp = fsdp
   config.mesh.expert = expert
@@ -151,7 +150,6 @@ def cpu_sized(config: ml_collections.ConfigDict, *, name: str) -> ml_collections
   config.model.param_dtype = "float32"
   config.model.compute_dtype = "float32"
   config.data.seq_len = 64
-  config.data.num_packing_bins = 16
   config.data.tokenizer_max_sentences = 50000
   config.optim.peak_learning_rate = 3e-3
   config.optim.warmup_steps = 5

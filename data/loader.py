@@ -317,6 +317,17 @@ class Stream:
     return "\n".join(lines)
 
 
+def make_stream(train_splits: dict[str, SplitTokens], *, seq_len: int, global_batch_size: int, seed: int, pad_id: int,
+                total_steps: int, mixture=(), temperature: float = 1.0, epochs=(), curriculum=()) -> Stream:
+  """The Stream of the training splits of every source under the mixture settings (see `build_mixture`)."""
+  names = tuple(sorted(train_splits))
+  pairs = {name: int((train_splits[name].lengths - 1).sum()) for name in names}
+  mix = build_mixture(names, pairs, {name: -(-n // seq_len) for name, n in pairs.items()}, mixture=mixture,
+                      temperature=temperature, epochs=epochs, curriculum=curriculum, total_steps=total_steps,
+                      global_batch_size=global_batch_size)
+  return Stream(train_splits, mix, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed, pad_id=pad_id)
+
+
 def _batch_of_step(stream: Stream, process_index: int, process_count: int, step: int) -> dict[str, np.ndarray]:
   return stream.batch(step, process_index, process_count)
 
@@ -336,10 +347,11 @@ class TrainIterator:
       raise ValueError(f"{stream.global_batch_size} rows per batch cannot be split over {process_count} processes")
     self.stream, self.process_index, self.process_count = stream, process_index, process_count
     self.num_workers, self.prefetch = num_workers, prefetch
-    self._start(step)
-
-  def _start(self, step: int) -> None:
     self.step = step
+    self._iterator = None  # built on the first batch, so a restore right after construction reads nothing twice
+
+  def _start(self) -> None:
+    step = self.step
     # Endless for any practical purpose; MapDataset needs a length.
     ds = grain.MapDataset.range(step, step + (1 << 40)).map(
         functools.partial(_batch_of_step, self.stream, self.process_index, self.process_count))
@@ -352,6 +364,8 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      self._start()
     batch = next(self._iterator)
     self.step += 1
     return batch
@@ -366,7 +380,7 @@ class TrainIterator:
       changed = sorted(k for k in current if saved is None or saved.get(k) != current[k])
       raise ValueError(f"the checkpoint's data stream differs from this run's in {', '.join(changed)}: the saved "
                        "position would not continue the same data")
-    self._start(int(state["step"]))
+    self.step, self._iterator = int(state["step"]), None
 
   def get_state(self) -> bytes:
     return json.dumps(self.state()).encode()

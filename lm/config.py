@@ -143,11 +143,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   m, d, mesh, t = config.model, config.data, config.mesh, config.train
 
   _validate_model(m, d)
+  _require(not (d.path and d.tokens_dir), "set data.path (documents tokenized at launch) or data.tokens_dir "
+           f"(token shards), not both: got {d.path!r} and {d.tokens_dir!r}")
   if d.path:
     _require(os.path.exists(d.path), f"data.path does not exist: {d.path!r}")
+  if d.tokens_dir:
+    _require(os.path.isdir(d.tokens_dir), f"data.tokens_dir does not exist: {d.tokens_dir!r}")
+  _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+  _require(d.prefetch_batches >= 1, f"data.prefetch_batches must be >= 1, got {d.prefetch_batches}")
+  _require(d.mixture_temperature > 0, f"data.mixture_temperature must be > 0, got {d.mixture_temperature}")
   _require(d.seq_len > 0, f"data.seq_len must be positive, got {d.seq_len}")
   _require(0.0 < d.validation_fraction < 1.0, f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
-  _require(d.num_packing_bins > 0, f"data.num_packing_bins must be positive, got {d.num_packing_bins}")
 
   for key in sharding.MESH_AXES + sharding.DCN_FIELDS:
     _require(mesh[key] > 0 or key == "data" and mesh[key] == -1,
@@ -166,12 +172,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by train.microbatches "
            f"({t.microbatches}) x the data-parallel size ({data_parallel}): each microbatch must split evenly "
            "over the devices")
-  _require(d.num_streams > 0 and t.global_batch_size % d.num_streams == 0,
-           f"train.global_batch_size ({t.global_batch_size}) must be a multiple of data.num_streams "
-           f"({d.num_streams}): every batch takes the same number of rows from each packing stream")
-  _require(d.num_streams % process_count == 0,
-           f"data.num_streams ({d.num_streams}) must be a multiple of the {process_count} processes: each process "
-           "packs whole streams (raise it to the process count or a multiple of it)")
+  _require(t.global_batch_size % process_count == 0,
+           f"train.global_batch_size ({t.global_batch_size}) must be a multiple of the {process_count} processes: "
+           "each process reads an equal share of every batch")
   # Every parameter dimension must split evenly over the mesh axes its logical name maps to.
   try:
     sharding.check_divisible(model.abstract_params(m), sharding.rules(mesh), sizes)

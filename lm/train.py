@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -22,8 +24,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs.tokenize import base as tokenize_base
 from data import corpus
 from data import loader
+from data import shards
 from data import tokenizer as tokenizer_lib
 from lm import checkpoint as checkpoint_lib
 from lm import config as config_lib
@@ -221,47 +225,95 @@ def _log(message: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class RunData:
   tokenizer: tokenizer_lib.Tokenizer
-  train_streams: dict[int, list[dict[str, np.ndarray]]]  # this process's packing streams -> their examples
-                                                        # ({"inputs", "targets"}: [<= seq_len] int32 each)
-  validation_rows: dict[str, np.ndarray]  # the fixed validation rows: [rows, seq_len] int32 per key
-  unigram_entropy: float  # nats / token of the validation targets' unigram distribution
+  tokens_dir: str  # the token shards read (data.tokens_dir, or RUN_DIR/tokens written at launch)
+  stream: loader.Stream  # the training batches as a function of the step
+  validation_rows: dict[str, dict[str, np.ndarray]]  # source -> its fixed validation rows ([rows, seq_len] int32)
+  unigram_entropy: float  # nats / token of all validation targets' unigram distribution
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _tokenize_at_launch(config: ml_collections.ConfigDict, run_dir: str) -> str:
+  """Tokenizes data.path (or the embedded corpus) into RUN_DIR/tokens once; returns the directory.
+
+  The tokenizer is trained on the training split only; shards use the defaults of
+  configs/tokenize/base.py. A relaunch finds both and reuses them.
+  """
+  tokens_dir = os.path.join(run_dir, "tokens")
+  tokenizer_dir = os.path.join(run_dir, "tokenizer")
+  if os.path.exists(os.path.join(tokens_dir, shards.MANIFEST)):
+    return tokens_dir
+  if jax.process_index() == 0:
+    start = time.time()
+    train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
+    tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir, config.data.tokenizer_max_sentences)
+    defaults = tokenize_base.get_config().shards
+    shards.write(train_docs + validation_docs, tokenizer_dir, tokens_dir,
+                 validation_fraction=config.data.validation_fraction, split_seed=config.data.split_seed,
+                 record_tokens=defaults.record_tokens, docs_per_shard=defaults.docs_per_shard,
+                 num_workers=defaults.num_workers, chunk_docs=defaults.chunk_docs,
+                 inputs=shards.input_files([config.data.path]), log=lambda _: None)
+    _log(f"data: tokenized {config.data.path or 'the embedded corpus'} into {tokens_dir} "
+         f"({time.time() - start:.1f}s)")
+  _sync("tokenized at launch")
+  return tokens_dir
 
 
 def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
-  """Documents -> train/validation split -> tokenizer (trained once, then reused) -> examples and rows."""
+  """Token shards (written at launch from data.path, or data.tokens_dir) -> the mixture stream and validation rows.
+
+  Raises:
+    ConfigError: the tokens, their tokenizer or the mixture do not fit the config (names key and file).
+  """
   start = time.time()
-  train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
+  d = config.data
   tokenizer_dir = os.path.join(run_dir, "tokenizer")
-  reused = tokenizer_lib.exists(tokenizer_dir)
-  if jax.process_index() == 0 or reused:
-    tokenizer = tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir,
-                                            config.data.tokenizer_max_sentences)
-  if not reused and jax.process_count() > 1:  # process 0 trained it; the others read it once it is written
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("tokenizer trained")
+  try:
+    if d.tokens_dir:
+      tokens_dir = d.tokens_dir
+      manifest = shards.load_manifest(tokens_dir)
+      if jax.process_index() == 0 and not tokenizer_lib.exists(tokenizer_dir):
+        shutil.copytree(os.path.join(tokens_dir, shards.TOKENIZER_DIR), tokenizer_dir)
+      _sync("tokenizer copied")
+    else:
+      tokens_dir = _tokenize_at_launch(config, run_dir)
+      manifest = shards.load_manifest(tokens_dir)
+    if manifest["tokenizer"]["vocab_size"] != config.model.vocab_size:
+      raise config_lib.ConfigError(
+          f"{tokens_dir} was tokenized with {manifest['tokenizer']['vocab_size']} pieces but config "
+          f"model.vocab_size is {config.model.vocab_size}; use the same vocab_size")
+    # The run's tokenizer (kept in the run dir from its first launch) must be the one the shards were written with.
+    tokens = shards.open_tokens(tokens_dir, tokenizer_dir=tokenizer_dir, verify_checksums=d.verify_checksums)
     tokenizer = tokenizer_lib.load(tokenizer_dir)
-  seq_len = config.data.seq_len
-  # Each process tokenizes only the documents of its own packing streams.
-  streams = loader.process_streams(config.data.num_streams, jax.process_index(), jax.process_count())
-  train_streams = {stream: loader.tokenize(docs, tokenizer, seq_len)
-                   for stream, docs in loader.deal(train_docs, config.data.num_streams, streams).items()}
-  empty = [stream for stream, examples in train_streams.items() if not examples]
-  if empty:
-    raise config_lib.ConfigError(f"data.num_streams ({config.data.num_streams}) exceeds what the {len(train_docs)} "
-                                 f"training documents can fill (streams {empty} are empty); lower it")
-  # The validation loss and the unigram entropy it is compared with are measured on the same rows.
-  validation_rows = loader.evaluation_rows(
-      loader.tokenize(validation_docs, tokenizer, seq_len), seq_len=seq_len,
-      num_packing_bins=config.data.num_packing_bins, pad_id=tokenizer.pad_id,
-      max_rows=config.eval.max_batches * config.train.global_batch_size, seed=config.data.split_seed)
-  whose = "this process's " if jax.process_count() > 1 else ""
-  _log(f"data: {len(train_docs)} train / {len(validation_docs)} validation documents, "
-       f"{sum(len(e['inputs']) for examples in train_streams.values() for e in examples):,} train tokens in "
-       f"{whose}{len(streams)} packing streams, "
-       f"{int(validation_rows['loss_mask'].sum()):,} validation tokens evaluated; tokenizer "
-       f"{'reused' if reused else 'trained'} ({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
-  return RunData(tokenizer, train_streams, validation_rows,
-                 loader.unigram_entropy(validation_rows, config.model.vocab_size))
+    seq_len, batch_size = d.seq_len, config.train.global_batch_size
+    train_splits = {name: tokens.splits[name]["train"] for name in tokens.sources}
+    stream = loader.make_stream(
+        train_splits, seq_len=seq_len, global_batch_size=batch_size, seed=d.shuffle_seed, pad_id=tokenizer.pad_id,
+        total_steps=config.train.steps, mixture=d.mixture, temperature=d.mixture_temperature,
+        epochs=d.mixture_epochs, curriculum=d.curriculum)
+  except (shards.ShardError, loader.MixtureError) as e:
+    raise config_lib.ConfigError(str(e)) from None
+  # Each source's validation loss and the unigram entropy it is compared with are measured on the same rows.
+  validation_rows = {
+      name: loader.evaluation_rows(tokens.splits[name]["validation"], seq_len=seq_len, pad_id=tokenizer.pad_id,
+                                   max_rows=config.eval.max_batches * batch_size, seed=d.split_seed)
+      for name in tokens.sources if tokens.splits[name]["validation"].num_documents}
+  if not validation_rows:
+    raise config_lib.ConfigError(f"{tokens_dir} has no validation documents in any source; write it with "
+                                 "shards.validation_fraction > 0")
+  every_row = loader.concatenate_rows(list(validation_rows.values()))
+  _log(f"data: {tokens_dir}: {sum(s.num_documents for s in train_splits.values()):,} train documents, "
+       f"{sum(int(s.lengths.sum()) for s in train_splits.values()):,} train ids in {len(train_splits)} sources; "
+       f"{int(every_row['loss_mask'].sum()):,} validation tokens evaluated ({', '.join(validation_rows)}); "
+       f"tokenizer {tokenizer.vocab_size} pieces; {time.time() - start:.1f}s")
+  _log(f"mixture over {config.train.steps} steps (share of rows, epochs of each source at the end):\n"
+       f"{stream.plan_table(config.train.steps)}")
+  return RunData(tokenizer, tokens_dir, stream, validation_rows,
+                 loader.unigram_entropy(every_row, config.model.vocab_size))
 
 
 def _sample(config, trainer: Trainer, params, tokenizer: tokenizer_lib.Tokenizer, step: int) -> str:
@@ -293,16 +345,22 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         f"the one in {run_dir}/tokenizer has none: use a new run dir")
   seq_len, global_batch_size = config.data.seq_len, config.train.global_batch_size
 
-  data_iterator = loader.train_iterator(
-      data.train_streams, seq_len=seq_len, num_packing_bins=config.data.num_packing_bins, seed=config.data.shuffle_seed,
-      global_batch_size=global_batch_size, num_streams=config.data.num_streams, pad_id=tokenizer.pad_id)
+  data_iterator = loader.TrainIterator(
+      data.stream, step=0, process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.data.num_workers, prefetch=config.data.prefetch_batches)
 
   trainer = build(config, mesh)
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
                                              config.checkpoint.max_to_keep)
   latest = checkpointer.latest_step()
   if latest is not None:
-    state = checkpointer.restore(latest, trainer.abstract_state, data_iterator)
+    try:
+      state = checkpointer.restore(latest, trainer.abstract_state, data_iterator)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"{os.path.join(run_dir, 'checkpoints', str(latest))}: {e}") from None
+    if data_iterator.step != int(state.step):
+      raise RuntimeError(f"checkpoint {latest}: the loader position ({data_iterator.step}) is not the train step "
+                         f"({int(state.step)})")
     _log(f"resumed from step {latest} ({os.path.join(run_dir, 'checkpoints', str(latest))})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
@@ -321,14 +379,22 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"per device ({peak_source})")
 
   def run_evaluation(step: int) -> float:
-    batches = (
-        {k: sharding.from_full_host_array(v, trainer.batch_sharding) for k, v in batch.items()}
-        for batch in loader.evaluation_batches(validation_rows, global_batch_size))
-    result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
-    writer.write(step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
-    _log(f"eval  step {step}: val_loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-         f"({result['tokens']:,.0f} tokens)")
-    return result["loss"]
+    """Validation loss of each source and of all of them (token-weighted); returns the latter."""
+    scalars, per_source, summed, tokens = {}, [], 0.0, 0.0
+    for name, rows in validation_rows.items():
+      batches = (
+          {k: sharding.from_full_host_array(v, trainer.batch_sharding) for k, v in batch.items()}
+          for batch in loader.evaluation_batches(rows, global_batch_size))
+      result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
+      scalars[f"eval/{name}/loss"] = result["loss"]
+      per_source.append(f"{name} {result['loss']:.4f}")
+      summed, tokens = summed + result["loss"] * result["tokens"], tokens + result["tokens"]
+    loss = summed / tokens
+    scalars.update({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))})
+    writer.write(step, scalars)
+    _log(f"eval  step {step}: val_loss {loss:.4f}  perplexity {scalars['eval/perplexity']:.2f}  "
+         f"({tokens:,.0f} tokens; {', '.join(per_source)})")
+    return loss
 
   total_steps = config.train.steps
   step = int(state.step)
@@ -353,6 +419,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "perf/step_seconds": elapsed / len(window),
         "perf/data_wait_fraction": data_wait / elapsed,
     })
+    # The realised mixture: closed-form counts of the rows each source gave to batches 0 .. step - 1.
+    for name, entry in data.stream.report(metrics_step).items():
+      scalars[f"data/{name}/share"], scalars[f"data/{name}/epochs"] = entry["share"], entry["epochs"]
     writer.write(metrics_step, scalars)
     _log(metrics_lib.progress_line(metrics_step, total_steps, scalars, elapsed / len(window)))
     window, data_wait, window_start = [], 0.0, time.perf_counter()
@@ -388,6 +457,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       writer.write_text(step, "samples", sample_text)
     _log(f"sample (step {step}):\n{sample_text}\n")
   writer.close()
+  data_iterator.close()
+  _log("realised mixture (share of rows, epochs):  " + ", ".join(
+      f"{name} {e['share']:.3f} / {e['epochs']:.2f}" for name, e in data.stream.report(step).items()))
   _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={data.unigram_entropy:.4f}")
   return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": sample_text,
           "resumed_from": latest}

@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from configs import tiny  # noqa: E402
 from data import corpus  # noqa: E402
 from data import loader  # noqa: E402
+from data import shards  # noqa: E402
 from data import tokenizer as tokenizer_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,14 +35,36 @@ def small_documents(documents):
 
 
 @pytest.fixture(scope="session")
-def tokenizer(small_documents, tmp_path_factory):
+def tokenizer_dir(small_documents, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("tokenizer"))
-  return tokenizer_lib.train(small_documents, vocab_size=512, directory=directory, max_sentences=50000)
+  tokenizer_lib.train(small_documents, vocab_size=512, directory=directory, max_sentences=50000)
+  return directory
 
 
 @pytest.fixture(scope="session")
-def examples(small_documents, tokenizer):
-  return loader.tokenize(small_documents, tokenizer, seq_len=64)
+def tokenizer(tokenizer_dir):
+  return tokenizer_lib.load(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tokens_dir(small_documents, tokenizer_dir, tmp_path_factory):
+  """Token shards of the small documents (sources docs and code), 10% of them held out for validation."""
+  directory = str(tmp_path_factory.mktemp("tokens") / "small")
+  shards.write(small_documents, tokenizer_dir, directory, validation_fraction=0.1, split_seed=0, record_tokens=256,
+               docs_per_shard=64, num_workers=2, chunk_docs=16, log=lambda _: None)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def tokens(tokens_dir):
+  return shards.open_tokens(tokens_dir)
+
+
+def make_stream(tokens, seq_len, global_batch_size, seed=0, total_steps=1000, **mixture):
+  """The training Stream of opened `tokens` (both sources) with `mixture` settings (see loader.build_mixture)."""
+  return loader.make_stream({n: tokens.splits[n]["train"] for n in tokens.sources}, seq_len=seq_len,
+                            global_batch_size=global_batch_size, seed=seed, pad_id=tokenizer_lib.PAD_ID,
+                            total_steps=total_steps, **mixture)
 
 
 @pytest.fixture
@@ -52,15 +75,11 @@ def tiny_config(tmp_path):
 
 
 @pytest.fixture
-def train_iterator(examples):
-  """make(config) -> an endless iterator of the session examples' training batches under `config`."""
+def train_iterator(tokens):
+  """make(config) -> an endless iterator of the small token shards' training batches under `config`."""
 
   def make(config):
-    num_streams = config.data.num_streams
-    return loader.train_iterator(loader.deal(examples, num_streams, range(num_streams)), seq_len=config.data.seq_len,
-                                 num_packing_bins=8, seed=0, global_batch_size=config.train.global_batch_size,
-                                 num_streams=num_streams,
-                                 pad_id=tokenizer_lib.PAD_ID)
+    return loader.TrainIterator(make_stream(tokens, config.data.seq_len, config.train.global_batch_size))
 
   return make
 

@@ -15,6 +15,7 @@ from configs import tiny
 from configs.curate import base
 from data import corpus
 from data import loader
+from data import shards
 from data import tokenizer as tokenizer_lib
 from data.corpus import Document
 from data.stages import Drop
@@ -341,11 +342,14 @@ def tiny_run(prose, tmp_path_factory):
                                   max_sentences=20000)
   trainer = train_lib.build(config, sharding.make_mesh(config.mesh))
   state = trainer.init_state(jax.random.PRNGKey(0))
-  streams = loader.deal(loader.tokenize(prose[:200], tokenizer, config.data.seq_len), config.data.num_streams,
-                        range(config.data.num_streams))
-  iterator = loader.train_iterator(streams, seq_len=config.data.seq_len, num_packing_bins=8, seed=0,
-                                   global_batch_size=config.train.global_batch_size,
-                                   num_streams=config.data.num_streams, pad_id=tokenizer.pad_id)
+  tokens = shards.write(prose[:200], os.path.join(run_dir, "tokenizer"), os.path.join(run_dir, "tokens"),
+                        validation_fraction=0.0, split_seed=0, record_tokens=256, docs_per_shard=100, num_workers=1,
+                        chunk_docs=64, log=lambda _: None)
+  assert tokens["sources"]
+  opened = shards.open_tokens(os.path.join(run_dir, "tokens"))
+  iterator = loader.TrainIterator(loader.make_stream(
+      {n: opened.splits[n]["train"] for n in opened.sources}, seq_len=config.data.seq_len,
+      global_batch_size=config.train.global_batch_size, seed=0, pad_id=tokenizer.pad_id, total_steps=10))
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, 1)
   checkpointer.save(0, state, iterator, force=True)
   checkpointer.wait()
@@ -353,16 +357,20 @@ def tiny_run(prose, tmp_path_factory):
   return run_dir, trainer, state.params, tokenizer
 
 
-def test_checkpoint_scorer_matches_the_training_loss(tiny_run):
+def test_checkpoint_scorer_matches_the_training_loss(tiny_run, tmp_path):
   run_dir, trainer, params, tokenizer = tiny_run
   scorer = perplexity.CheckpointScorer(run_dir)
   assert scorer.step == 0
   texts = ["The quick brown fox jumps over the lazy dog.", "for x in range(10): print(x)"]
   scores = scorer.perplexities(texts)
-  for text, score in zip(texts, scores):
-    # The same document through the training code's own evaluation step (one document, padded batch).
-    rows = loader.evaluation_rows(loader.tokenize([Document("d", "s", text)], tokenizer, 64), seq_len=64,
-                                  num_packing_bins=8, pad_id=tokenizer.pad_id)
+  # The same documents through the training code's own shards and evaluation step (one source each).
+  shards.write([Document(f"d{i}", f"s{i}", text) for i, text in enumerate(texts)], os.path.join(run_dir, "tokenizer"),
+               str(tmp_path / "tokens"), validation_fraction=0.0, split_seed=0, record_tokens=256, docs_per_shard=10,
+               num_workers=1, chunk_docs=8, log=lambda _: None)
+  opened = shards.open_tokens(str(tmp_path / "tokens"))
+  for i, score in enumerate(scores):
+    rows = loader.evaluation_rows(opened.splits[f"s{i}"]["train"], seq_len=64, pad_id=tokenizer.pad_id)
+    assert len(rows["inputs"]) == 1
     batch = next(loader.evaluation_batches(rows, 8))
     loss, tokens = trainer.eval_step(params, sharding.global_batch(batch, trainer.batch_sharding))
     assert score == pytest.approx(float(np.exp(float(loss) / float(tokens))), rel=1e-4)

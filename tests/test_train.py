@@ -34,11 +34,11 @@ def test_loss_falls_over_50_steps(tiny_config, train_iterator):
   assert last < first - 1.0, (first, last)
 
 
-def test_eval_step_counts_only_masked_tokens(tiny_config, examples):
+def test_eval_step_counts_only_masked_tokens(tiny_config, tokens):
   config = tiny_config
   trainer = train.build(config, sharding.make_mesh(config.mesh))
   state = trainer.init_state(jax.random.PRNGKey(0))
-  rows = loader.evaluation_rows(examples[:20], seq_len=64, num_packing_bins=8, pad_id=3)
+  rows = loader.evaluation_rows(tokens.splits["code"]["validation"], seq_len=64, pad_id=3, max_rows=12)
   batch = next(loader.evaluation_batches(rows, batch_size=8))
   total, count = trainer.eval_step(state.params, sharding.global_batch(batch, trainer.batch_sharding))
   assert float(count) == batch["loss_mask"].sum()
