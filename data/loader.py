@@ -47,6 +47,7 @@ class MixtureError(ValueError):
   """A mixture the configured sources cannot realise; the message names the config key."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _seed(*parts: int | str) -> int:
   words = [int.from_bytes(p.encode()[:16].ljust(16, b"\0"), "little") if isinstance(p, str) else int(p)
            for p in parts]
@@ -207,6 +208,10 @@ def build_mixture(names: Sequence[str], source_pairs: dict[str, int], source_row
     raise MixtureError(f"data.mixture_epochs take {sum(fixed.values()):.1%} of the run's rows; the other sources "
                        "need some: lower the epochs or raise train.steps")
   if not base:  # size-proportional, flattened by the temperature
+    empty = [n for n in names if source_rows[n] == 0]
+    if empty:
+      raise MixtureError(f"source {empty[0]!r} has no training documents; give data.mixture weights that leave "
+                         "it out (weight 0) or re-tokenize with it")
     base = {n: float(source_pairs[n]) ** (1.0 / temperature) for n in names if n not in fixed}
   stages = [(0, base, "data.mixture")]
   last = 0
@@ -357,6 +362,9 @@ class TrainIterator:
         functools.partial(_batch_of_step, self.stream, self.process_index, self.process_count))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(self.prefetch, 1), prefetch_buffer_size=self.prefetch))
     if self.num_workers > 0:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a caller outside absl.app has not parsed them
+        flags.FLAGS.mark_as_parsed()
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
     self._iterator = iter(it)
 

@@ -13,8 +13,8 @@ SPLIT is ``train`` or ``validation`` (a seeded hash of the document id, so the h
 of each source is fixed). A document's ids occupy consecutive records, so a reader fetches
 only the records a training row needs, never a whole long document. The manifest records
 the tokenizer's sha256, the input files and, per shard, documents, records, ids, bytes and
-sha256, so that a changed tokenizer, a truncated or a corrupted shard is refused by `open`
-before training starts.
+sha256 (of the shard and of its index), so that a changed tokenizer, a truncated or a
+corrupted shard or index is refused by `open` before training starts.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class _SplitWriter:
                         "documents": 0, "records": 0, "ids": 0})
     self._writer = array_record_module.ArrayRecordWriter(
         os.path.join(self.directory, self.shards[-1]["file"]), _WRITER_OPTIONS)
-    self._index = open(os.path.join(self.directory, self.shards[-1]["index"]), "w", encoding="utf-8")
+    self._index = open(os.path.join(self.directory, self.shards[-1]["index"]), "w", encoding="utf-8", newline="\n")
 
   def _close(self) -> None:
     if self._writer is None:
@@ -119,6 +119,9 @@ class _SplitWriter:
     path = os.path.join(self.directory, shard["file"])
     shard["bytes"] = os.path.getsize(path)
     shard["sha256"] = file_sha256(path)
+    index = os.path.join(self.directory, shard["index"])
+    shard["index_bytes"] = os.path.getsize(index)
+    shard["index_sha256"] = file_sha256(index)
     self._writer = self._index = None
 
   def write(self, doc_id: str, ids: np.ndarray) -> None:
@@ -128,8 +131,8 @@ class _SplitWriter:
     for start in range(0, len(ids), self.record_tokens):
       self._writer.write(ids[start:start + self.record_tokens].tobytes())
       self.shards[-1]["records"] += 1
-    # Tabs and newlines would break the index's lines; ids are for people and tools, not for reading back.
-    safe_id = doc_id.replace("\t", " ").replace("\n", " ")
+    # Tabs and line breaks would break the index's lines; ids are for people and tools, not for reading back.
+    safe_id = doc_id.replace("\t", " ").replace("\n", " ").replace("\r", " ")
     self._index.write(f"{safe_id}\t{len(ids)}\n")
     self.shards[-1]["documents"] += 1
     self.shards[-1]["ids"] += len(ids)
@@ -173,13 +176,17 @@ def write(documents: Iterable[Document], tokenizer_dir: str, output_dir: str, *,
   counted in the manifest.
 
   Raises:
-    ShardError: `output_dir` already holds a complete tokens directory.
+    ShardError: `output_dir` already holds a complete tokens directory, or anything but an unfinished
+      one; a source name is not usable as a directory name.
   """
   if os.path.exists(os.path.join(output_dir, MANIFEST)):
     raise ShardError(f"{output_dir} already holds token shards ({MANIFEST} exists); use another output_dir "
                      "or delete it")
-  if os.path.exists(output_dir):  # an unfinished earlier run: nothing in it is trusted
-    shutil.rmtree(output_dir)
+  if os.path.exists(output_dir):
+    if not _is_unfinished_write(output_dir):
+      raise ShardError(f"{output_dir} exists and is not an unfinished tokens directory (it holds files that "
+                       "`python -m data.shards` does not write); use another output_dir or delete it")
+    shutil.rmtree(output_dir)  # an unfinished earlier run: nothing in it is trusted
   os.makedirs(output_dir)
   shutil.copytree(tokenizer_dir, os.path.join(output_dir, TOKENIZER_DIR))
   tokenizer = tokenizer_lib.load(tokenizer_dir)
@@ -247,6 +254,27 @@ def write(documents: Iterable[Document], tokenizer_dir: str, output_dir: str, *,
   return manifest
 
 
+def _is_unfinished_write(directory: str) -> bool:
+  """Whether `directory` holds nothing but what an interrupted `write` leaves (so it may be deleted)."""
+  if not os.path.isdir(directory):
+    return False
+  for name in os.listdir(directory):
+    path = os.path.join(directory, name)
+    if name == TOKENIZER_DIR or name == MANIFEST + ".tmp":
+      continue
+    if not os.path.isdir(path) or not all(
+        os.path.isfile(os.path.join(path, n)) and n.endswith((".arrayrecord", ".index.tsv")) for n in os.listdir(path)):
+      return False
+  return True
+
+
+def _check_source_name(source: str) -> None:
+  """Sources become directories of the output: a name must be one plain directory name, not the tokenizer's."""
+  if source in ("", ".", "..", TOKENIZER_DIR) or any(c in source for c in ("/", "\\", "\0")):
+    raise ShardError(f"source name {source!r} cannot name a directory of the tokens directory; rename the source "
+                     f"(not empty, '.', '..' or {TOKENIZER_DIR!r}, no '/', '\\' or NUL)")
+
+
 def _drain(item, writers, tokenizer, output_dir, dtype, validation_fraction, split_seed, docs_per_shard,
            record_tokens, documents_done, ids_done):
   chunk, result = item
@@ -254,6 +282,7 @@ def _drain(item, writers, tokenizer, output_dir, dtype, validation_fraction, spl
     split = "validation" if corpus.in_validation(doc.id, validation_fraction, split_seed) else "train"
     key = (doc.source, split)
     if key not in writers:
+      _check_source_name(doc.source)
       writers[key] = _SplitWriter(output_dir, doc.source, split, docs_per_shard, record_tokens, dtype)
     ids = np.asarray([tokenizer.bos_id] + tokens + [tokenizer.eos_id], dtype=dtype)
     writers[key].write(doc.id, ids)
@@ -299,6 +328,7 @@ class SplitTokens:
   first_record: np.ndarray  # int64 [documents]: global record number of each document's first record
   record_tokens: int
   dtype: np.dtype
+  shard_records: tuple[int, ...] = ()  # records per file of `paths`; names the file of a record that cannot be read
   _source: object = dataclasses.field(default=None, repr=False)
 
   @property
@@ -317,17 +347,38 @@ class SplitTokens:
     return self._source
 
   def read(self, document: int, start: int, stop: int) -> np.ndarray:
-    """Ids [start, stop) of `document` (0 <= start < stop <= its length): int32 [stop - start]."""
+    """Ids [start, stop) of `document` (0 <= start < stop <= its length): int32 [stop - start].
+
+    Raises:
+      IndexError: `document` or the range is out of bounds (the records around it belong to other documents).
+      ShardError: a record cannot be read (names the shard file).
+    """
+    if not 0 <= document < self.num_documents:
+      raise IndexError(f"document {document} of {self.source}/{self.split}: out of range ({self.num_documents} "
+                       "documents)")
+    if not 0 <= start < stop <= self.lengths[document]:
+      raise IndexError(f"ids [{start}, {stop}) of document {document} of {self.source}/{self.split}: out of range "
+                       f"(it has {int(self.lengths[document])} ids)")
     first = self.first_record[document]
     lo, hi = start // self.record_tokens, (stop - 1) // self.record_tokens
     try:
-      records = self._records().__getitems__([int(first + r) for r in range(lo, hi + 1)])
+      # One record at a time: __getitems__ starts a thread per record, ~15x slower for the 1-2 records a row needs.
+      source = self._records()
+      records = [source[int(first + r)] for r in range(lo, hi + 1)]
     except Exception as e:  # riegeli reports corruption as RuntimeError / OSError with its own text
       raise ShardError(f"cannot read document {document} of {self.source}/{self.split} from "
-                       f"{', '.join(self.paths)}: {e}") from e
+                       f"{', '.join(self._paths_of(int(first + lo), int(first + hi)))}: {e}") from e
     ids = np.frombuffer(b"".join(records), dtype=self.dtype)
     offset = lo * self.record_tokens
     return ids[start - offset:stop - offset].astype(np.int32)
+
+  def _paths_of(self, first: int, last: int) -> tuple[str, ...]:
+    """The files holding global records first .. last (every file when the record counts are not known)."""
+    if len(self.shard_records) != len(self.paths):
+      return self.paths
+    ends = np.cumsum(self.shard_records)
+    lo, hi = np.searchsorted(ends, [first, last], side="right")
+    return self.paths[int(lo):int(hi) + 1]
 
   def document(self, document: int) -> np.ndarray:
     return self.read(document, 0, int(self.lengths[document]))
@@ -395,13 +446,14 @@ def open_tokens(directory: str, *, tokenizer_dir: str | None = None, verify_chec
       for shard in entry[split]["shards"]:
         path = os.path.join(directory, shard["file"])
         _check_shard(path, shard, verify_checksums)
-        lengths.append(_read_index(os.path.join(directory, shard["index"]), shard))
+        lengths.append(_read_index(os.path.join(directory, shard["index"]), shard, record_tokens, verify_checksums))
         paths.append(path)
       lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
       records = -(-lengths // record_tokens)
       first_record = np.concatenate([[0], np.cumsum(records)[:-1]]).astype(np.int64) if len(lengths) else lengths
-      splits.setdefault(source, {})[split] = SplitTokens(source, split, tuple(paths), lengths, first_record,
-                                                         record_tokens, dtype)
+      splits.setdefault(source, {})[split] = SplitTokens(
+          source, split, tuple(paths), lengths, first_record, record_tokens, dtype,
+          tuple(shard["records"] for shard in entry[split]["shards"]))
   return Tokens(os.path.abspath(directory), manifest, splits)
 
 
@@ -424,11 +476,11 @@ def _check_shard(path: str, shard: dict, verify_checksums: bool) -> None:
     raise ShardError(f"shard {path} holds {records} records, the manifest records {shard['records']}")
 
 
-def _read_index(path: str, shard: dict) -> np.ndarray:
+def _read_index(path: str, shard: dict, record_tokens: int, verify_checksums: bool) -> np.ndarray:
   if not os.path.exists(path):
     raise ShardError(f"index {path} listed in the manifest is missing")
   lengths = []
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8", newline="\n") as f:
     for line_number, line in enumerate(f, start=1):
       try:
         lengths.append(int(line.rsplit("\t", 1)[1]))
@@ -438,6 +490,17 @@ def _read_index(path: str, shard: dict) -> np.ndarray:
   if len(lengths) != shard["documents"] or int(lengths.sum()) != shard["ids"]:
     raise ShardError(f"index {path} lists {len(lengths)} documents / {int(lengths.sum())} ids, the manifest "
                      f"records {shard['documents']} / {shard['ids']}")
+  records = int((-(-lengths // record_tokens)).sum())
+  if records != shard["records"]:
+    raise ShardError(f"index {path}: its documents' lengths make {records} records of {record_tokens} ids, the "
+                     f"manifest records {shard['records']}")
+  # Manifests written before the index was checksummed have no index_bytes / index_sha256.
+  if "index_bytes" in shard and os.path.getsize(path) != shard["index_bytes"]:
+    raise ShardError(f"index {path} is {os.path.getsize(path):,} bytes, the manifest records "
+                     f"{shard['index_bytes']:,}: edited or overwritten; re-tokenize")
+  if verify_checksums and "index_sha256" in shard and file_sha256(path) != shard["index_sha256"]:
+    raise ShardError(f"index {path} does not match its sha256 in the manifest: corrupted; re-tokenize "
+                     "(or set data.verify_checksums=False to skip this check)")
   return lengths
 
 
