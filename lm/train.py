@@ -272,6 +272,7 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
   start = time.time()
   d = config.data
   tokenizer_dir = os.path.join(run_dir, "tokenizer")
+  reused = tokenizer_lib.exists(tokenizer_dir)
   try:
     if d.tokens_dir:
       tokens_dir = d.tokens_dir
@@ -309,7 +310,8 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
   _log(f"data: {tokens_dir}: {sum(s.num_documents for s in train_splits.values()):,} train documents, "
        f"{sum(int(s.lengths.sum()) for s in train_splits.values()):,} train ids in {len(train_splits)} sources; "
        f"{int(every_row['loss_mask'].sum()):,} validation tokens evaluated ({', '.join(validation_rows)}); "
-       f"tokenizer {tokenizer.vocab_size} pieces; {time.time() - start:.1f}s")
+       f"tokenizer {'reused' if reused else 'trained' if not d.tokens_dir else 'copied from ' + tokens_dir} "
+       f"({tokenizer.vocab_size} pieces); {time.time() - start:.1f}s")
   _log(f"mixture over {config.train.steps} steps (share of rows, epochs of each source at the end):\n"
        f"{stream.plan_table(config.train.steps)}")
   return RunData(tokenizer, tokens_dir, stream, validation_rows,

@@ -29,7 +29,8 @@ def test_demo_path_runs_end_to_end_and_resumes(launch_ok, tmp_path):
   assert final and final.group(1) == "20"
   assert float(final.group(2)) < 6.0
 
-  for name in ("config.json", "tokenizer/spm.model", "tokenizer/tokenizer.json", "metrics.jsonl", "samples.txt"):
+  for name in ("config.json", "tokenizer/spm.model", "tokenizer/tokenizer.json", "tokens/manifest.json",
+               "metrics.jsonl", "samples.txt"):
     assert (run_dir / name).exists(), name
   assert any(name.startswith("events") for name in os.listdir(run_dir / "events"))
   assert sorted(os.listdir(run_dir / "checkpoints")) == ["10", "20"]
@@ -39,6 +40,9 @@ def test_demo_path_runs_end_to_end_and_resumes(launch_ok, tmp_path):
   for key in ("train/loss", "train/learning_rate", "train/grad_norm", "perf/tokens_per_second", "perf/mfu"):
     assert all(key in r for r in train_records), key
   assert [r["step"] for r in records if "eval/loss" in r] == [10, 20]
+  # Validation loss per source, and the realised mixture of the rows trained on so far.
+  assert all("eval/code/loss" in r and "eval/docs/loss" in r for r in records if "eval/loss" in r)
+  assert all(abs(r["data/code/share"] + r["data/docs/share"] - 1.0) < 1e-9 for r in train_records)
   assert "def read_config(path):" in (run_dir / "samples.txt").read_text()
 
   # Same command again: resumes, does not train again.
