@@ -1,1 +1,1 @@
-"""Everything before the train step: corpora, tokenizer, packing and the grain loader."""
+"""Everything before the train step: corpora, curation, tokenizer, token shards and the mixture loader."""

@@ -258,7 +258,7 @@ def _cli(*args):
 
 def test_cli_prints_the_table():
   result = _cli("--config", "configs/llama2_7b.py", "--mesh", "fsdp=8", "--config.train.global_batch_size=8",
-                "--config.data.num_streams=8", "--shardings",
+                "--shardings",
                 "--device_memory_gb", "80", "--platform", "gpu")
   assert result.returncode == 0, result.stderr
   out = result.stdout
