@@ -55,11 +55,6 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def tokenizer_sha256(tokenizer_dir: str) -> str:
-  """The identity of a tokenizer: the sha256 of its sentencepiece model file."""
-  return file_sha256(os.path.join(tokenizer_dir, tokenizer_lib.MODEL_FILE))
-
-
 def ids_dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
@@ -233,7 +228,7 @@ def write(documents: Iterable[Document], tokenizer_dir: str, output_dir: str, *,
   meta = json.loads(open(os.path.join(tokenizer_dir, tokenizer_lib.META_FILE), encoding="utf-8").read())
   manifest = {
       "format": FORMAT_VERSION,
-      "tokenizer": {"sha256": tokenizer_sha256(tokenizer_dir), "vocab_size": tokenizer.vocab_size,
+      "tokenizer": {"sha256": tokenizer_lib.model_hash(tokenizer_dir), "vocab_size": tokenizer.vocab_size,
                     "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
                     "model_type": meta.get("model_type", "bpe"), "source_dir": os.path.abspath(tokenizer_dir)},
       "dtype": dtype.name,
@@ -431,7 +426,7 @@ def open_tokens(directory: str, *, tokenizer_dir: str | None = None, verify_chec
   """
   manifest = load_manifest(directory)
   if tokenizer_dir is not None:
-    expected = tokenizer_sha256(tokenizer_dir)
+    expected = tokenizer_lib.model_hash(tokenizer_dir)
     if manifest["tokenizer"]["sha256"] != expected:
       raise ShardError(
           f"{directory} was written with another tokenizer (sha256 {manifest['tokenizer']['sha256'][:12]}...) than "

@@ -79,7 +79,7 @@ def test_every_document_comes_back_exactly_in_its_source_and_split(expected, tok
       np.testing.assert_array_equal(read, ids, err_msg=f"{source}/{split} document {number} ({doc_id})")
 
   manifest = tokens.manifest
-  assert manifest["tokenizer"]["sha256"] == shards.tokenizer_sha256(tokenizer_dir)
+  assert manifest["tokenizer"]["sha256"] == tokenizer_lib.model_hash(tokenizer_dir)
   assert manifest["tokenizer"]["vocab_size"] == 512
   assert manifest["dtype"] == "uint16" and manifest["record_tokens"] == RECORD_TOKENS
   assert manifest["skipped"] == {"empty_documents": 0, "sources_not_kept": {}}
@@ -222,7 +222,7 @@ def test_open_refuses_a_missing_or_unfinished_directory(tokens_dir, tmp_path):
 
 
 def test_open_refuses_shards_of_another_tokenizer(tokens_dir, other_tokenizer_dir, tokenizer_dir):
-  assert shards.tokenizer_sha256(other_tokenizer_dir) != shards.tokenizer_sha256(tokenizer_dir)
+  assert tokenizer_lib.model_hash(other_tokenizer_dir) != tokenizer_lib.model_hash(tokenizer_dir)
   with pytest.raises(shards.ShardError) as error:
     shards.open_tokens(tokens_dir, tokenizer_dir=other_tokenizer_dir)
   message = str(error.value)
