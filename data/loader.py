@@ -104,6 +104,13 @@ class SourceRows:
 
 # --- the mixture ---------------------------------------------------------------------------------------------------
 
+def _split(weights: np.ndarray, members: np.ndarray) -> tuple[int, float]:
+  """A tree node over `members`: (size of its left half, the left half's share of the node's weight)."""
+  half = len(members) // 2
+  left_w, right_w = weights[members[:half]].sum(), weights[members[half:]].sum()
+  return half, (left_w / (left_w + right_w) if left_w + right_w > 0 else 0.0)
+
+
 def allocate(weights: Sequence[float], g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(source, index within that source) of the rows `g` (int64 [n], 0-based) of a stage with `weights`."""
   weights = np.asarray(weights, np.float64)
@@ -118,9 +125,7 @@ def _allocate(weights, members, rows, index, source) -> None:
   if len(members) == 1 or len(rows) == 0:
     source[rows] = members[0]
     return
-  half = len(members) // 2
-  left_w, right_w = weights[members[:half]].sum(), weights[members[half:]].sum()
-  p = left_w / (left_w + right_w) if left_w + right_w > 0 else 0.0
+  half, p = _split(weights, members)
   g = index[rows]
   before = np.floor(g * p + 0.5).astype(np.int64)  # rows of the left subtree among the first g
   goes_left = np.floor((g + 1) * p + 0.5).astype(np.int64) > before
@@ -141,9 +146,7 @@ def _counts(weights, members, n, out) -> None:
   if len(members) == 1:
     out[members[0]] += n
     return
-  half = len(members) // 2
-  left_w, right_w = weights[members[:half]].sum(), weights[members[half:]].sum()
-  p = left_w / (left_w + right_w) if left_w + right_w > 0 else 0.0
+  half, p = _split(weights, members)
   left = int(math.floor(n * p + 0.5))
   _counts(weights, members[:half], left, out)
   _counts(weights, members[half:], n - left, out)
