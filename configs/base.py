@@ -122,19 +122,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 200  # save a checkpoint every this many steps (and always at the end)
   ckpt.max_to_keep = 3  # keep the last K checkpoints
+  ckpt.keep_every_steps = 0  # also keep every checkpoint whose step is a multiple of this (0 = only the last K)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 200  # validation loss every this many steps (and always at the end)
   ev.masked_lm_seed = 0  # masked objective: seed of the fixed corruption of the validation rows
   ev.max_batches = 16  # validation batches per evaluation, a fixed sample of rows (0 = the whole validation split)
-  ev.sample_prompt = "def read_config(path):\n"  # fixed prompt whose continuation is sampled at the end
+  ev.sample_prompts = ("def read_config(path):\n", "The list type")  # fixed prompts whose continuations are sampled
+  ev.sample_every_steps = 1000  # sample the prompts every this many steps (and always at the end)
   ev.sample_tokens = 64  # tokens sampled after the prompt
   ev.sample_temperature = 0.8  # softmax temperature of sampling (0 = greedy)
   ev.sample_top_k = 40  # sample among the k most likely tokens (0 = all)
 
   config.log = log = ml_collections.ConfigDict()
-  log.every_steps = 10  # progress line, tensorboard and metrics.jsonl every this many steps
+  log.every_steps = 10  # progress line every this many steps (metrics.jsonl and tensorboard get every step)
+  log.noise_scale_every_steps = 100  # gradient noise scale estimate every this many steps (0 = off)
   log.peak_flops_per_device = 0.0  # peak FLOP/s of one device for MFU; 0 = known device table, else a measured matmul
+
+  config.guard = guard = ml_collections.ConfigDict()
+  guard.policy = "skip"  # anomalous step: skip (drop its update) | rollback (to the last good checkpoint) | log (only)
+  guard.window = 32  # accepted steps of loss / gradient-norm history the spike tests use (they start once it is full)
+  guard.loss_spike_stds = 6.0  # loss spike: loss > window mean + this many window standard deviations (0 = off)
+  guard.grad_norm_spike_factor = 10.0  # gradient spike: grad norm > this times the window median (0 = off)
+  guard.rollback_learning_rate_factor = 0.5  # rollback: the learning rate is multiplied by this at each rollback
+  guard.max_rollbacks = 3  # rollback: the run stops with an error at the rollback after this many
 
   config.lock()
   return config

@@ -15,6 +15,7 @@ import ml_collections
 
 from configs import base
 from lm import attention
+from lm import guard
 from lm import layers
 from lm import mlp
 from lm import model
@@ -183,9 +184,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
 
   _require(t.steps > 0, f"train.steps must be positive, got {t.steps}")
   _require(t.run_dir != "", "train.run_dir must name a directory")
-  for key in ("checkpoint.every_steps", "checkpoint.max_to_keep", "eval.every_steps", "log.every_steps"):
+  for key in ("checkpoint.every_steps", "checkpoint.max_to_keep", "eval.every_steps", "eval.sample_every_steps",
+              "log.every_steps", "guard.window"):
     group, field = key.split(".")
     _require(config[group][field] > 0, f"{key} must be positive, got {config[group][field]}")
+  for key in ("checkpoint.keep_every_steps", "log.noise_scale_every_steps", "guard.loss_spike_stds",
+              "guard.grad_norm_spike_factor", "guard.max_rollbacks"):
+    group, field = key.split(".")
+    _require(config[group][field] >= 0, f"{key} must be >= 0, got {config[group][field]}")
+  _one_of("guard.policy", config.guard.policy, guard.POLICIES)
+  _require(0.0 < config.guard.rollback_learning_rate_factor <= 1.0,
+           f"guard.rollback_learning_rate_factor must be in (0, 1], got {config.guard.rollback_learning_rate_factor}")
+  _require(config.log.noise_scale_every_steps == 0 or t.global_batch_size >= 2,
+           "log.noise_scale_every_steps needs train.global_batch_size >= 2 (it compares the gradients of two halves)")
+  prompts = config.eval.sample_prompts
+  _require(isinstance(prompts, (tuple, list)) and all(isinstance(p, str) and p for p in prompts),
+           f"eval.sample_prompts must be a tuple of non-empty strings, got {prompts!r}")
   _require(config.eval.max_batches >= 0, f"eval.max_batches must be >= 0, got {config.eval.max_batches}")
   _one_of("optim.state_dtype", config.optim.state_dtype, ("float32", "bfloat16"))
   _require(config.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")

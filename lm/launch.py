@@ -14,8 +14,13 @@ SLURM, Open MPI); or name it explicitly:
 
 `--distributed=auto` (the default) does the same when those flags are given or SLURM / Open
 MPI / a TPU pod announce more than one process, and runs a single process otherwise.
+
+On SIGTERM (or a JAX preemption notice in a multi-process job) the run saves a checkpoint at
+the current step and exits with status 143; the same command continues it. Exit status 2 is
+a config error, 1 a run stopped by its loss guard (guard.max_rollbacks).
 """
 
+import signal
 import sys
 
 from absl import app
@@ -53,10 +58,15 @@ def main(argv):
     print(f"distributed: {started}", flush=True)
 
   try:
-    train.run(_CONFIG.value)  # validates the config before building anything
+    result = train.run(_CONFIG.value)  # validates the config before building anything
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
+  except train.RunStopped as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  if result["preempted"]:  # saved and stopped early: the exit status a SIGTERM would have given
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 
 import jax
@@ -61,6 +62,50 @@ def peak_flops_per_device(log_config: ml_collections.ConfigDict) -> tuple[float,
   return measure_matmul_flops(), f"measured 2048x2048 float32 matmul on {kind}"
 
 
+def memory_scalars() -> dict[str, float]:
+  """Memory in use and its peak: of the busiest local device where the backend reports it (GPU, TPU),
+  else of this process's host memory (CPU devices live in it)."""
+  stats = [device.memory_stats() for device in jax.local_devices()]
+  if stats and all(stats):
+    return {"memory/bytes_in_use": float(max(s.get("bytes_in_use", 0) for s in stats)),
+            "memory/peak_bytes_in_use": float(max(s.get("peak_bytes_in_use", 0) for s in stats))}
+  scalars = {"memory/host_peak_rss_bytes": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+  try:
+    with open("/proc/self/statm") as f:
+      scalars["memory/host_rss_bytes"] = float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):  # not Linux: the peak is still known
+    pass
+  return scalars
+
+
+class GradientNoiseScale:
+  """The simple gradient noise scale B = tr(Sigma) / |G|^2 (McCandlish et al., 2018, appendix A), in tokens.
+
+  Each measurement gives |g|^2 at two batch sizes (two halves of a batch, and the whole);
+  unbiased estimates of |G|^2 and tr(Sigma) follow, and each is smoothed by an exponential
+  moving average before their ratio is taken, as a single measurement is very noisy.
+  """
+
+  def __init__(self, decay: float = 0.9):
+    self.decay = decay
+    self.squared_gradient = None  # EMA of the |G|^2 estimates
+    self.trace = None  # EMA of the tr(Sigma) estimates
+
+  def update(self, sums: dict[str, float]) -> dict[str, float]:
+    """`sums` from Trainer.noise_scale_sums (host floats) -> the scalars to log."""
+    b_small, b_big = sums["small_tokens"], sums["big_tokens"]
+    squared = (b_big * sums["big"] - b_small * sums["small"]) / (b_big - b_small)
+    trace = (sums["small"] - sums["big"]) / (1.0 / b_small - 1.0 / b_big)
+    if self.squared_gradient is None:
+      self.squared_gradient, self.trace = squared, trace
+    else:
+      self.squared_gradient = self.decay * self.squared_gradient + (1 - self.decay) * squared
+      self.trace = self.decay * self.trace + (1 - self.decay) * trace
+    return {"train/gradient_noise_scale": self.trace / self.squared_gradient if self.squared_gradient > 0
+            else float("nan"),
+            "train/gradient_noise_scale_this_batch": trace / squared if squared > 0 else float("nan")}
+
+
 class MetricsWriter:
   """Writes scalars to tensorboard (`events/`) and as one JSON object per line (`metrics.jsonl`).
 
@@ -83,6 +128,14 @@ class MetricsWriter:
       self._tensorboard.add_scalar(name, value, step)
     self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
     self._jsonl.flush()
+
+  def event(self, step: int, name: str, **details) -> None:
+    """An event line in metrics.jsonl ({"step", "time", "event": name, details...}) and a tensorboard text."""
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, "time": time.time(), "event": name, **details}) + "\n")
+    self._jsonl.flush()
+    self._tensorboard.add_text(f"events/{name}", json.dumps(details), step)
 
   def write_text(self, step: int, name: str, text: str) -> None:
     if self.enabled:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from typing import Any, Callable
 
@@ -33,12 +34,18 @@ from lm import checkpoint as checkpoint_lib
 from lm import config as config_lib
 from lm import evaluate as evaluate_lib
 from lm import generate as generate_lib
+from lm import guard as guard_lib
 from lm import metrics as metrics_lib
 from lm import model as model_lib
 from lm import objectives
 from lm import optim
 from lm import params as params_lib
+from lm import run_dir as run_dir_lib
 from lm import sharding
+
+
+class RunStopped(RuntimeError):
+  """The run cannot go on: e.g. the loss guard rolled back guard.max_rollbacks times already."""
 
 
 @flax.struct.dataclass
@@ -47,6 +54,7 @@ class TrainState:
   params: Any  # float32 (model.param_dtype) parameter tree
   opt_state: Any  # optax state (AdamW moments in float32)
   rng: jax.Array  # uint32[2] base key; step k uses fold_in(rng, k)
+  guard: guard_lib.GuardState  # loss / gradient-norm history of the spike guard, learning-rate scale of rollbacks
 
 
 def batch_losses(params, model: nn.Module, batch: dict[str, jax.Array],
@@ -57,6 +65,22 @@ def batch_losses(params, model: nn.Module, batch: dict[str, jax.Array],
   """
   logits, moe = model.apply({"params": params}, batch["inputs"], batch["segment_ids"], batch["positions"])
   return objectives.summed_losses(logits, batch["targets"], batch["loss_mask"], with_logits_z), moe
+
+
+def layer_gradient_norms(grads: Any, model_config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Global norm of each layer's gradients ("grad_norm/layer_07") and of each other top-level parameter group."""
+  norms = {}
+  size = model_lib.group_size(model_config)
+  for position in range(size):
+    leaves = jax.tree_util.tree_leaves(grads["blocks"][f"layer_{position}"])
+    # Leading axis: the layer's index within the scan over groups (layer = index * size + position).
+    squares = sum(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=tuple(range(1, x.ndim))) for x in leaves)
+    for index in range(model_config.num_layers // size):
+      norms[f"grad_norm/layer_{index * size + position:02d}"] = jnp.sqrt(squares[index])
+  for name, subtree in grads.items():
+    if name != "blocks":
+      norms[f"grad_norm/{name}"] = optax.global_norm(subtree)
+  return norms
 
 
 def moe_metrics(moe: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -83,6 +107,7 @@ class Trainer:
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates its state argument
   eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (params, batch) -> (summed loss, tokens)
   next_token: Callable  # (params, tokens [batch, seq], length, rng) -> [batch] int32, config.eval sampling
+  noise_scale_sums: Callable  # (params, batch) -> squared gradient norms of the batch's halves and of all of it
   abstract_state: TrainState  # ShapeDtypeStructs with shardings, never allocated: the target of a restore
 
 
@@ -95,10 +120,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
   seq_len = config.data.seq_len
 
-  def init_boxed(rng):
-    dummy = jnp.zeros((1, seq_len), jnp.int32)
-    params = model.init(rng, dummy, dummy, dummy)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
+  init_boxed = _init_function(config, model, optimizer)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
@@ -155,14 +177,47 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     batch = objectives.prepare_batch(batch, config.model, rng)
     loss, sums, moe, grads = gradients(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    scale = state.guard.learning_rate_scale  # lowered by rollbacks; 1 otherwise
+    updates = jax.tree_util.tree_map(lambda u: (u * scale).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     tokens = jnp.maximum(sums["tokens"], 1.0)
-    metrics = {"train/loss": sums["cross_entropy"] / tokens, "train/total_loss": loss,
-               "train/grad_norm": optax.global_norm(grads), "train/learning_rate": schedule(state.step),
-               "train/target_tokens": sums["tokens"], **moe_metrics(moe)}
+    train_loss, grad_norm = sums["cross_entropy"] / tokens, optax.global_norm(grads)
+    verdict = guard_lib.check(state.guard, train_loss, grad_norm, config.guard)
+    anomaly = verdict["guard/anomaly"] > 0
+    if config.guard.policy != "log":  # skip and rollback both drop the anomalous update here
+      params = guard_lib.select(anomaly, state.params, params)
+      opt_state = guard_lib.select(anomaly, state.opt_state, opt_state)
+    guard = guard_lib.record(state.guard, train_loss, grad_norm, accepted=~anomaly)
+    metrics = {"train/loss": train_loss, "train/total_loss": loss, "train/grad_norm": grad_norm,
+               "train/learning_rate": schedule(state.step) * scale,
+               "train/update_ratio": optax.global_norm(updates) / optax.global_norm(state.params),
+               "train/target_tokens": sums["tokens"], **guard_lib.window_statistics(guard), **verdict,
+               "guard/learning_rate_scale": scale, "guard/rollbacks": state.guard.rollbacks.astype(jnp.float32),
+               **layer_gradient_norms(grads, config.model), **moe_metrics(moe)}
     if "logits_z" in sums:
       metrics["train/logits_z_loss"] = sums["logits_z"] / tokens
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard), metrics
+
+  def noise_scale_sums(params, batch):
+    """Squared gradient norms for the gradient noise scale: of each half of the batch's rows and of the whole.
+
+    Returns float32 scalars: "small" (mean of the halves' |g|^2), "big" (|g|^2 of the token-weighted
+    mean of the halves, the whole batch's gradient) and the target tokens "small_tokens", "big_tokens".
+    """
+    batch = objectives.prepare_batch(batch, config.model, jax.random.PRNGKey(0))
+    rows = batch["loss_mask"].shape[0]
+    first = (jnp.arange(rows) < rows // 2)[:, None]
+
+    def half(mask):
+      masked = dict(batch, loss_mask=batch["loss_mask"] * mask.astype(batch["loss_mask"].dtype))
+      _, sums, _, grads = gradients(params, masked)
+      return grads, sums["tokens"]
+
+    (g1, t1), (g2, t2) = half(first), half(~first)
+    whole = jax.tree_util.tree_map(lambda a, b: (a * t1 + b * t2) / (t1 + t2), g1, g2)
+    square = lambda tree: optax.global_norm(tree) ** 2  # noqa: E731
+    return {"small": (square(g1) + square(g2)) / 2, "big": square(whole), "small_tokens": (t1 + t2) / 2,
+            "big_tokens": t1 + t2}
 
   def eval_step(params, batch):
     # The masked objective corrupts each validation batch the same way at every evaluation, and
@@ -193,28 +248,31 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
                                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
       next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
                                     out_shardings=replicated)),
+      noise_scale_sums=in_context(jax.jit(noise_scale_sums, in_shardings=(state_shardings.params, batch_sharding),
+                                          out_shardings=replicated)),
       abstract_state=abstract_state,
   )
 
 
-def _prepare_run_dir(config: ml_collections.ConfigDict, is_main: bool) -> None:
-  """Creates the run dir and records config.json; refuses a relaunch whose model or data differ."""
-  run_dir = config.train.run_dir
-  path = os.path.join(run_dir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    current = json.loads(config.to_json())
-    changed = [f"{group}.{key}" for group in ("model", "data")
-               for key in current[group] if saved.get(group, {}).get(key) != current[group][key]]
-    if changed:
-      raise config_lib.ConfigError(
-          f"{run_dir} holds a run whose config differs in {', '.join(changed)}; "
-          "use a new train.run_dir or the same values")
-  if is_main:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(config.to_json(indent=2))
+def _init_function(config: ml_collections.ConfigDict, model: nn.Module,
+                   optimizer: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
+  """rng -> the initial TrainState with boxed (logically partitioned) parameters."""
+
+  def init_boxed(rng):
+    dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
+    params = model.init(rng, dummy, dummy, dummy)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
+                      guard=guard_lib.init(config.guard.window))
+
+  return init_boxed
+
+
+def state_layout(config: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Every leaf of the train state of `config` as name -> (shape, dtype); shapes only, nothing allocated."""
+  model = model_lib.from_config(config.model)
+  init = _init_function(config, model, optim.make_optimizer(config.optim, config.train.steps))
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in checkpoint_lib.leaf_names(abstract).items()}
 
 
 def _log(message: str) -> None:
@@ -318,24 +376,78 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
                  loader.unigram_entropy(every_row, config.model.vocab_size))
 
 
-def _sample(config, trainer: Trainer, params, tokenizer: tokenizer_lib.Tokenizer, step: int) -> str:
-  """The fixed prompt and one sampled continuation of it."""
-  prompt = config.eval.sample_prompt
-  continuations = generate_lib.sample(
-      trainer.next_token, params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=config.data.seq_len,
-      batch_size=sharding.data_parallel_size(trainer.mesh), max_new_tokens=config.eval.sample_tokens,
-      eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step),
-      put=lambda array: sharding.from_full_host_array(array, trainer.batch_sharding))
-  return prompt + tokenizer.decode(continuations[0])
+def _samples(config, trainer: Trainer, params, tokenizer: tokenizer_lib.Tokenizer, step: int) -> str:
+  """Each fixed prompt of eval.sample_prompts followed by one sampled continuation, as one text block."""
+  texts = []
+  for index, prompt in enumerate(config.eval.sample_prompts):
+    continuations = generate_lib.sample(
+        trainer.next_token, params, [tokenizer.bos_id] + tokenizer.encode(prompt), window=config.data.seq_len,
+        batch_size=sharding.data_parallel_size(trainer.mesh), max_new_tokens=config.eval.sample_tokens,
+        eos_id=tokenizer.eos_id, rng=jax.random.fold_in(jax.random.PRNGKey(config.train.seed + index), step),
+        put=lambda array: sharding.from_full_host_array(array, trainer.batch_sharding))
+    texts.append(prompt + tokenizer.decode(continuations[0]))
+  return "\n---\n".join(texts)
 
 
-def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or resumes) the run of `config`; returns the final step, validation loss and sample."""
+class _Preemption:
+  """Whether the job has been told to stop (SIGTERM, or a preemption notice): then save and exit.
+
+  One process installs a SIGTERM handler. In a multi-process job JAX's preemption service
+  (started by jax.distributed.initialize) receives the notice on any host and agrees on the
+  step at which every process saves; it must be asked once per step with an increasing count.
+  """
+
+  def __init__(self):
+    self.signal = None  # the signal received, single-process
+    self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (e.g. run() called from a worker thread): no handler
+        pass
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def requested(self, counter: int) -> bool:
+    if jax.process_count() == 1:
+      return self.signal is not None
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    try:
+      return multihost_utils.reached_preemption_sync_point(counter)
+    except RuntimeError:  # the preemption service is off (jax_enable_preemption_service): no notices
+      return False
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _anomaly_reason(metrics: dict[str, float]) -> str:
+  if metrics["guard/nonfinite"]:
+    return "non-finite loss or gradient"
+  if metrics["guard/loss_spike"]:
+    return f"loss spike: {metrics['train/loss']:.4f} > {metrics['guard/loss_threshold']:.4f}"
+  return f"gradient-norm spike: {metrics['train/grad_norm']:.4g} > {metrics['guard/grad_norm_threshold']:.4g}"
+
+
+def run(config: ml_collections.ConfigDict,
+        batch_hook: Callable[[int, dict], dict] | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the run of `config`; returns the final step, validation loss, samples and guard events.
+
+  Args:
+    config: the run's config (validated here).
+    batch_hook: (batch index, host batch) -> host batch, applied to every batch before the step
+      (fault injection for tests of the guard; None in real runs).
+  """
   config = config_lib.for_platform(config, jax.default_backend())
   config_lib.validate(config, jax.device_count(), jax.process_count())
   is_main = jax.process_index() == 0
   run_dir = os.path.abspath(config.train.run_dir)
-  _prepare_run_dir(config, is_main)
+  changed = run_dir_lib.prepare(config, is_main, state_layout)
+  if changed:
+    _log(f"config changed since the last launch of this run: {run_dir_lib.describe(changed)}")
   mesh = sharding.make_mesh(config.mesh)
   _log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
        f"{jax.process_count()} process(es); run dir {run_dir}")
@@ -353,19 +465,20 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   trainer = build(config, mesh)
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
-                                             config.checkpoint.max_to_keep)
-  latest = checkpointer.latest_step()
+                                             config.checkpoint.max_to_keep, config.checkpoint.keep_every_steps)
+  try:
+    latest, state = checkpointer.restore_latest(trainer.abstract_state, data_iterator, _log)
+  except (checkpoint_lib.CheckpointError, ValueError) as e:
+    raise config_lib.ConfigError(str(e)) from None
   if latest is not None:
-    try:
-      state = checkpointer.restore(latest, trainer.abstract_state, data_iterator)
-    except ValueError as e:
-      raise config_lib.ConfigError(f"{os.path.join(run_dir, 'checkpoints', str(latest))}: {e}") from None
-    if data_iterator.step != int(state.step):
-      raise RuntimeError(f"checkpoint {latest}: the loader position ({data_iterator.step}) is not the train step "
+    if data_iterator.step < int(state.step):
+      raise RuntimeError(f"checkpoint {latest}: the loader position ({data_iterator.step}) is behind the train step "
                          f"({int(state.step)})")
-    _log(f"resumed from step {latest} ({os.path.join(run_dir, 'checkpoints', str(latest))})")
+    _log(f"resumed from step {latest} ({checkpointer.step_dir(latest)})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
+  if is_main:
+    run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count())
   param_count = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   _log(f"model: {param_count:,} parameters")
   layout = params_lib.sharding_report(config, dict(mesh.shape))
@@ -375,6 +488,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   _log("\n".join(layout.splitlines()[-3:]) + f"  (every parameter: {os.path.join(run_dir, 'shardings.txt')})")
 
   writer = metrics_lib.MetricsWriter(run_dir, enabled=is_main)
+  if changed:
+    writer.event(int(state.step), "config_changed", changes={k: list(v) for k, v in changed.items()})
+  if latest is not None:
+    writer.event(latest, "resumed", checkpoint=checkpointer.step_dir(latest), batch=data_iterator.step)
   flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)
   peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   _log(f"MFU uses {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention) against {peak / 1e9:,.0f} GFLOP/s "
@@ -398,71 +515,165 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
          f"({tokens:,.0f} tokens; {', '.join(per_source)})")
     return loss
 
+  def write_samples(step: int) -> str:
+    text = _samples(config, trainer, state.params, tokenizer, step)
+    if is_main:
+      with open(os.path.join(run_dir, "samples.txt"), "a") as f:
+        f.write(f"=== step {step}\n{text}\n")
+    writer.write_text(step, "samples", text)
+    return text
+
   total_steps = config.train.steps
-  step = int(state.step)
   tokens_per_step = global_batch_size * seq_len
-  window: list[dict[str, float]] = []
-  pending = None  # metrics of the previous step, read one step late so the host never waits on the device
-  window_start = time.perf_counter()
-  data_wait = 0.0
+  noise_scale = metrics_lib.GradientNoiseScale()
+  preemption = _Preemption()
+  timers = {"data": 0.0, "checkpoint": 0.0, "eval": 0.0}  # seconds since the last step's metrics were read
+  last_read = time.perf_counter()
+  window: list[dict[str, float]] = []  # per-step scalars since the last progress line
+  events: list[dict] = []
   val_loss = None
 
-  def flush(metrics_step: int, metrics: dict) -> None:
-    nonlocal window_start, data_wait, window
-    window.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    if metrics_step % config.log.every_steps and metrics_step != total_steps:
-      return
-    elapsed = time.perf_counter() - window_start
-    tokens_per_second = len(window) * tokens_per_step / elapsed
-    scalars = metrics_lib.mean_of(window)
+  def read(metrics_step: int, batch_index: int, metrics: dict) -> dict[str, float]:
+    """Reads one step's device metrics (a step late), writes them with timings and memory, reports anomalies."""
+    nonlocal last_read, window
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    seconds = now - last_read
+    training_seconds = max(seconds - timers["eval"], 1e-9)  # evaluation and samples are not training time
     scalars.update({
-        "perf/tokens_per_second": tokens_per_second,
-        "perf/mfu": flops_per_token * tokens_per_second / (peak * jax.device_count()),
-        "perf/step_seconds": elapsed / len(window),
-        "perf/data_wait_fraction": data_wait / elapsed,
-    })
-    # The realised mixture: closed-form counts of the rows each source gave to batches 0 .. step - 1.
-    for name, entry in data.stream.report(metrics_step).items():
+        "perf/step_seconds": seconds, "perf/data_wait_seconds": timers["data"],
+        "perf/checkpoint_seconds": timers["checkpoint"], "perf/eval_seconds": timers["eval"],
+        "perf/tokens_per_second": tokens_per_step / training_seconds,
+        "perf/mfu": flops_per_token * tokens_per_step / training_seconds / (peak * jax.device_count()),
+        **metrics_lib.memory_scalars()})
+    # The realised mixture: closed-form counts of the rows each source gave to batches 0 .. batch_index.
+    for name, entry in data.stream.report(batch_index + 1).items():
       scalars[f"data/{name}/share"], scalars[f"data/{name}/epochs"] = entry["share"], entry["epochs"]
-    writer.write(metrics_step, scalars)
-    _log(metrics_lib.progress_line(metrics_step, total_steps, scalars, elapsed / len(window)))
-    window, data_wait, window_start = [], 0.0, time.perf_counter()
+    last_read = now
+    for key in timers:
+      timers[key] = 0.0
+    # The spike thresholds are infinite until the guard's window fills: tensorboard takes only finite values.
+    writer.write(metrics_step, {k: v for k, v in scalars.items() if math.isfinite(v) or not k.startswith("guard/")})
+    if scalars["guard/anomaly"]:
+      event = {"event": "skip" if config.guard.policy == "skip" else "anomaly", "step": metrics_step,
+               "batch": batch_index, "reason": _anomaly_reason(scalars), "loss": scalars["train/loss"],
+               "grad_norm": scalars["train/grad_norm"],
+               "update": "applied" if config.guard.policy == "log" else "skipped"}
+      events.append(event)
+      writer.event(metrics_step, event["event"], **{k: v for k, v in event.items() if k not in ("event", "step")})
+      _log(f"guard: step {metrics_step} (batch {batch_index}): {event['reason']}; update {event['update']}")
+    window.append(scalars)
+    if metrics_step % config.log.every_steps == 0 or metrics_step == total_steps:
+      mean = metrics_lib.mean_of(window)
+      training = sum(w["perf/step_seconds"] - w["perf/eval_seconds"] for w in window)
+      mean["perf/tokens_per_second"] = len(window) * tokens_per_step / max(training, 1e-9)
+      mean["perf/mfu"] = flops_per_token * mean["perf/tokens_per_second"] / (peak * jax.device_count())
+      _log(metrics_lib.progress_line(metrics_step, total_steps, mean, training / len(window)))
+      window = []
+    return scalars
 
+  def roll_back(anomalous_step: int, batch_index: int, scalars: dict[str, float]) -> tuple[TrainState, int] | None:
+    """Restores the newest checkpoint before `anomalous_step`, lowers the learning rate and skips the batches
+    from the checkpoint's through the anomalous one; (state, its step), or None without such a checkpoint."""
+    rollbacks = int(scalars["guard/rollbacks"]) + 1
+    if rollbacks > config.guard.max_rollbacks:
+      raise RunStopped(f"step {anomalous_step}: {_anomaly_reason(scalars)}; guard.max_rollbacks "
+                         f"({config.guard.max_rollbacks}) rollbacks already made: the run is unstable, stopping "
+                         f"(events in {os.path.join(run_dir, 'metrics.jsonl')})")
+    target, restored = checkpointer.restore_latest(trainer.abstract_state, data_iterator, _log,
+                                                   before=anomalous_step)
+    if target is None:
+      return None
+    checkpointer.delete_after(target)  # their steps will be trained again, on other batches
+    scale = scalars["guard/learning_rate_scale"] * config.guard.rollback_learning_rate_factor
+    shardings = trainer.state_shardings.guard
+    restored = restored.replace(guard=restored.guard.replace(
+        learning_rate_scale=jax.device_put(jnp.float32(scale), shardings.learning_rate_scale),
+        rollbacks=jax.device_put(jnp.int32(rollbacks), shardings.rollbacks)))
+    first_skipped = data_iterator.step
+    data_iterator.restore({**data_iterator.state(), "step": batch_index + 1})
+    event = {"event": "rollback", "step": anomalous_step, "batch": batch_index, "reason": _anomaly_reason(scalars),
+             "restored_step": target, "skipped_batches": [first_skipped, batch_index],
+             "learning_rate_scale": scale, "rollbacks": rollbacks}
+    events.append(event)
+    writer.event(anomalous_step, "rollback", **{k: v for k, v in event.items() if k not in ("event", "step")})
+    _log(f"guard: step {anomalous_step} (batch {batch_index}): {event['reason']}; rolled back to step {target}, "
+         f"skipping batches {first_skipped}..{batch_index}, learning rate x{scale:g}")
+    return restored, target
+
+  step = int(state.step)
+  dispatched = 0  # steps dispatched by this process: the preemption service's increasing count
+  pending = None  # (step, batch index, device metrics) of the last step, read one step late
+  preempted = None
   while step < total_steps:
     wait_start = time.perf_counter()
-    batch = sharding.global_batch(next(data_iterator), trainer.batch_sharding)
-    data_wait += time.perf_counter() - wait_start
+    batch_index = data_iterator.step
+    host_batch = next(data_iterator)
+    if batch_hook is not None:
+      host_batch = batch_hook(batch_index, host_batch)
+    batch = sharding.global_batch(host_batch, trainer.batch_sharding)
+    timers["data"] += time.perf_counter() - wait_start
     state, metrics = trainer.train_step(state, batch)
-    step += 1
-    if pending is not None:
-      flush(*pending)
-    pending = (step, metrics)
-    if step % config.eval.every_steps == 0 or step == total_steps:
-      flush(*pending)
+    step, dispatched = step + 1, dispatched + 1
+    previous, pending = pending, (step, batch_index, metrics)
+    due_eval = step % config.eval.every_steps == 0 or step == total_steps
+    rolled_back = None
+    # The previous step's metrics are read now; before an evaluation, this step's too.
+    for item in [previous] + ([pending] if due_eval else []):
+      if item is None:
+        continue
+      if item is pending:
+        pending = None
+      scalars = read(*item)
+      if scalars["guard/anomaly"] and config.guard.policy == "rollback":
+        rolled_back = roll_back(item[0], item[1], scalars)
+        if rolled_back is not None:
+          break
+        _log(f"guard: no checkpoint before step {item[0]} to roll back to; its update was skipped")
+    if rolled_back is not None:  # the steps from the restored one on are trained again, on later batches
+      state, step = rolled_back
       pending = None
+      continue
+
+    start = time.perf_counter()
+    if due_eval:
       val_loss = run_evaluation(step)
-      window_start = time.perf_counter()
-    checkpointer.save(step, state, data_iterator, force=step == total_steps)
+    if step % config.eval.sample_every_steps == 0 and step != total_steps:
+      write_samples(step)
+    if config.log.noise_scale_every_steps and step % config.log.noise_scale_every_steps == 0:
+      sums = {k: float(v) for k, v in jax.device_get(trainer.noise_scale_sums(state.params, batch)).items()}
+      writer.write(step, noise_scale.update(sums))
+    timers["eval"] += time.perf_counter() - start
+    start = time.perf_counter()
+    preempted = (preemption.signal or "preemption notice") if preemption.requested(dispatched) else None
+    checkpointer.save(step, state, data_iterator, force=step == total_steps or preempted is not None)
+    timers["checkpoint"] += time.perf_counter() - start
+    if preempted:
+      break
   if pending is not None:
-    flush(*pending)
+    read(*pending)
+  preemption.close()
+  if preempted:
+    checkpointer.close()
+    writer.event(step, "preempted", signal=preempted, checkpoint=checkpointer.step_dir(step), batch=data_iterator.step)
+    writer.close()
+    data_iterator.close()
+    _log(f"preempted ({preempted}) at step {step}: saved {checkpointer.step_dir(step)}; "
+         "relaunch the same command to continue")
+    return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": "",
+            "resumed_from": latest, "events": events, "preempted": preempted}
   if val_loss is None:  # the run was already complete: evaluate the restored state
     val_loss = run_evaluation(step)
-  checkpointer.wait()
   checkpointer.close()
 
   sample_text = ""
   if config.model.objective == "causal":  # a masked-LM model does not continue text
-    sample_text = _sample(config, trainer, state.params, tokenizer, step)
-    if is_main:
-      with open(os.path.join(run_dir, "samples.txt"), "a") as f:
-        f.write(f"=== step {step}\n{sample_text}\n")
-      writer.write_text(step, "samples", sample_text)
-    _log(f"sample (step {step}):\n{sample_text}\n")
+    sample_text = write_samples(step)
+    _log(f"samples (step {step}):\n{sample_text}\n")
   writer.close()
   data_iterator.close()
   _log("realised mixture (share of rows, epochs):  " + ", ".join(
-      f"{name} {e['share']:.3f} / {e['epochs']:.2f}" for name, e in data.stream.report(step).items()))
+      f"{name} {e['share']:.3f} / {e['epochs']:.2f}" for name, e in data.stream.report(data_iterator.step).items()))
   _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={data.unigram_entropy:.4f}")
   return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": sample_text,
-          "resumed_from": latest}
-
+          "resumed_from": latest, "events": events, "preempted": None}
