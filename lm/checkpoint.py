@@ -180,10 +180,15 @@ class Checkpointer:
 
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """Raises CheckpointError naming every parameter whose name or shape differs from `abstract_state`."""
-    saved = self.manager.item_metadata(step)["state"]
+    self._check_metadata(step, self.manager.item_metadata(step)["state"], abstract_state)
+
+  def _check_metadata(self, step: int, saved: Any, abstract_state: Any) -> None:
     problems = mismatches(saved, abstract_state)
     if problems:
-      shown = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+      # The optimizer moments mirror the parameters: name the parameters, count the rest.
+      named = [p for p in problems if p.startswith("params/")] or problems
+      rest = len(problems) - len(named[:30])
+      shown = "\n  ".join(named[:30]) + (f"\n  ... and {rest} optimizer-state or other entries" if rest else "")
       raise CheckpointError(f"{self.step_dir(step)} holds another model's state:\n  {shown}")
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
@@ -216,12 +221,18 @@ class Checkpointer:
     for step in reversed(steps):
       problem = verify_integrity(self.step_dir(step)) if jax.process_index() == 0 else None
       problem = _broadcast_text(problem)
+      metadata = None
       if problem is None:
-        self.check_compatible(step, abstract_state)
+        try:
+          metadata = self.manager.item_metadata(step)["state"]
+        except Exception as e:  # pylint: disable=broad-except  # any read failure means: try the previous one
+          problem = _read_failure(e)
+      if problem is None:
+        self._check_metadata(step, metadata, abstract_state)  # another model is an error, not corruption
         try:
           state, data_state = self._read(step, abstract_state)
-        except Exception as e:  # pylint: disable=broad-except  # any read failure means: try the previous one
-          problem = f"orbax could not read it ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        except Exception as e:  # pylint: disable=broad-except
+          problem = _read_failure(e)
       if problem is None:
         data_iterator.restore(data_state)  # a different data stream is the caller's error, not corruption
         return step, state
@@ -263,6 +274,10 @@ class Checkpointer:
     self.manager.close()
     if self._hasher is not None:
       self._hasher.shutdown()
+
+
+def _read_failure(error: Exception) -> str:
+  return f"orbax could not read it ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
 
 
 def _broadcast_text(text: str | None) -> str | None:
