@@ -24,4 +24,5 @@ def get_config():
   config.checkpoint.every_steps = 100
   config.eval.every_steps = 100
   config.eval.max_batches = 8
+  config.eval.sample_every_steps = 100
   return config

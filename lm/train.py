@@ -2,7 +2,12 @@
 
 `Trainer` holds the pure functions of one run (`init_state`, `train_step`, `eval_step`,
 `next_token`), each jitted with explicit shardings derived from the logical-axis rules.
-`run(config)` is the imperative shell: data, checkpoints, metrics, evaluation, sampling.
+`run(config)` is the imperative shell: data, checkpoints (resume, integrity, preemption),
+the loss guard's rollbacks, per-step metrics, evaluation, the gradient noise scale, samples.
+
+The guard's verdict is computed inside `train_step` (see lm/guard.py): a skipped update
+never leaves the device, and the host learns of it when it reads the step's metrics, one
+step late, which is when a rollback happens.
 """
 
 from __future__ import annotations
