@@ -200,33 +200,16 @@ def layer_metrics(metrics: Metrics) -> list[tuple[int, str]]:
 def time_split(metrics: Metrics) -> dict[str, float] | None:
   """Shares of wall time: {"compute", and those logged of "data wait", "checkpoint", "eval"}, summing to 1.
 
-  perf/step_seconds is the wall time of a training step including its data wait and checkpoint
-  save; evaluation is timed apart (perf/eval_seconds). So the total is sum(step_seconds) +
-  sum(eval_seconds), and compute is what the data wait, checkpoints and eval leave of it. Sums run
-  over the logged steps; when steps are logged as window averages every k steps all four are
-  sampled alike, so the shares hold. Older runs log perf/data_wait_fraction (of step time) instead
-  of perf/data_wait_seconds: it is converted per logged step. None without perf/step_seconds.
+  perf/step_seconds is the wall time from one step's metrics to the next's, so it holds that
+  step's data wait, checkpoint save and any evaluation, sampling or noise-scale measurement
+  (perf/eval_seconds); compute is what they leave. None without perf/step_seconds.
   """
-  step = _finite(metrics.get("perf/step_seconds"))
-  if not len(step[0]):
-    return None
-  step_seconds = dict(zip(step[0].tolist(), step[1].tolist()))
-
-  def total(name: str) -> float:
-    return float(np.sum(_finite(metrics.get(name))[1]))
-
-  shares = {}
-  if metrics.get("perf/data_wait_seconds") is not None:
-    shares["data wait"] = total("perf/data_wait_seconds")
-  elif metrics.get("perf/data_wait_fraction") is not None:
-    steps, fractions = _finite(metrics.get("perf/data_wait_fraction"))
-    shares["data wait"] = sum(f * step_seconds.get(s, 0.0) for s, f in zip(steps.tolist(), fractions.tolist()))
-  for name, label in (("perf/checkpoint_seconds", "checkpoint"), ("perf/eval_seconds", "eval")):
-    if metrics.get(name) is not None:
-      shares[label] = total(name)
-  wall = sum(step_seconds.values()) + shares.get("eval", 0.0)
+  wall = float(np.sum(_finite(metrics.get("perf/step_seconds"))[1]))
   if wall <= 0:
     return None
+  shares = {label: float(np.sum(_finite(metrics.get(name))[1]))
+            for name, label in (("perf/data_wait_seconds", "data wait"), ("perf/checkpoint_seconds", "checkpoint"),
+                                ("perf/eval_seconds", "eval")) if metrics.get(name) is not None}
   compute = max(wall - sum(shares.values()), 0.0)
   return {k: v / wall for k, v in {"compute": compute, **shares}.items()}
 
