@@ -315,6 +315,12 @@ def summarize(run_dir: str, *, metrics: Metrics | None = None, plots: Sequence[s
     shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in split.items())
     line = (line + "; time: " if line else "time: ") + shares
   lines.append(line)
+  launches = (run_info or {}).get("launches")
+  basis = launches[-1].get("mfu_basis") if isinstance(launches, list) and launches and isinstance(
+      launches[-1], dict) else None
+  if isinstance(basis, dict) and basis.get("flops_per_token") and basis.get("peak_flops_per_device"):
+    lines.append(f"MFU basis: {basis['flops_per_token'] / 1e6:.1f} MFLOP/token ({basis.get('formula', '?')}) against "
+                 f"{basis['peak_flops_per_device'] / 1e9:,.0f} GFLOP/s per device ({basis.get('peak_source', '?')})")
 
   memory = []
   device = _finite(metrics.get("memory/peak_bytes_in_use"))[1]

@@ -155,8 +155,11 @@ def prepare(config: ml_collections.ConfigDict, is_main: bool,
 
 
 def record_launch(run_dir: str, changed: dict[str, tuple[Any, Any]], resumed_from: int | None,
-                  process_count: int) -> None:
-  """Appends this launch to run.json (and records the code's git revision, the latest one at the top)."""
+                  process_count: int, mfu_basis: dict | None = None) -> None:
+  """Appends this launch to run.json (and records the code's git revision, the latest one at the top).
+
+  `mfu_basis`: the FLOPs per token and the peak FLOP/s that this launch's MFU is computed from.
+  """
   path = os.path.join(run_dir, RUN_RECORD)
   record = {"launches": []}
   if os.path.exists(path):
@@ -170,7 +173,7 @@ def record_launch(run_dir: str, changed: dict[str, tuple[Any, Any]], resumed_fro
   record.setdefault("launches", []).append({
       "time": time.time(), "host": socket.gethostname(), "processes": process_count, "command": sys.argv,
       "git_revision": revision, "git_dirty": dirty, "resumed_from": resumed_from,
-      "config_changes": {k: list(v) for k, v in changed.items()}})
+      "config_changes": {k: list(v) for k, v in changed.items()}, "mfu_basis": mfu_basis})
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(record, f, indent=1)

@@ -482,8 +482,12 @@ def run(config: ml_collections.ConfigDict,
     _log(f"resumed from step {latest} ({checkpointer.step_dir(latest)})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
+  flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)
+  peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   if is_main:
-    run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count())
+    run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count(), mfu_basis={
+        "flops_per_token": flops_per_token, "formula": "6N + attention (lm.params.flops_per_token)",
+        "peak_flops_per_device": peak, "peak_source": peak_source, "devices": jax.device_count()})
   param_count = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   _log(f"model: {param_count:,} parameters")
   layout = params_lib.sharding_report(config, dict(mesh.shape))
@@ -497,8 +501,6 @@ def run(config: ml_collections.ConfigDict,
     writer.event(int(state.step), "config_changed", changes={k: list(v) for k, v in changed.items()})
   if latest is not None:
     writer.event(latest, "resumed", checkpoint=checkpointer.step_dir(latest), batch=data_iterator.step)
-  flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)
-  peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   _log(f"MFU uses {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention) against {peak / 1e9:,.0f} GFLOP/s "
        f"per device ({peak_source})")
 

@@ -46,6 +46,8 @@ def test_demo_path_runs_end_to_end_and_resumes(launch_ok, tmp_path):
   assert all(r["memory/host_peak_rss_bytes"] > 1e6 for r in train_records)
   run_record = json.loads((run_dir / "run.json").read_text())
   assert len(run_record["git_revision"] or "0" * 40) == 40 and run_record["launches"][0]["resumed_from"] is None
+  basis = run_record["launches"][0]["mfu_basis"]
+  assert basis["flops_per_token"] > 0 and basis["peak_flops_per_device"] > 0 and basis["formula"].startswith("6N")
   assert [r["step"] for r in records if "eval/loss" in r] == [10, 20]
   # Validation loss per source, and the realised mixture of the rows trained on so far.
   assert all("eval/code/loss" in r and "eval/docs/loss" in r for r in records if "eval/loss" in r)

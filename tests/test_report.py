@@ -104,7 +104,9 @@ def make_run(root, full: bool = True) -> tuple[str, int]:
     json.dump(config, f)
   run_info = {"git_revision": "abc1234def5678", "git_dirty": True, "launches": [
       {"time": 1000.0, "resumed_from": None, "config_changes": {}},
-      {"time": 1100.0, "resumed_from": 100, "config_changes": {"optim.peak_learning_rate": [0.001, 0.0005]}},
+      {"time": 1100.0, "resumed_from": 100, "config_changes": {"optim.peak_learning_rate": [0.001, 0.0005]},
+       "mfu_basis": {"flops_per_token": 2.67e7, "formula": "6N + attention", "peak_flops_per_device": 1.2e11,
+                     "peak_source": "measured"}},
   ]}
   with open(os.path.join(run_dir, "run.json"), "w") as f:
     json.dump(run_info, f)
@@ -160,6 +162,7 @@ def test_summary(run):
   assert "git abc1234, dirty" in summary
   assert "launches: 2 (resumed from 100)" in summary
   assert "optim.peak_learning_rate 0.001 -> 0.0005" in summary
+  assert "MFU basis: 26.7 MFLOP/token (6N + attention) against 120 GFLOP/s per device (measured)" in summary
   assert "d_model 64, 4 layers, vocab 512" in summary
   assert "8 (1,024 tokens/step)" in summary
   assert f"progress: step {STEPS} / {STEPS}, {STEPS * 1024:,} tokens" in summary
