@@ -10,9 +10,10 @@ Saves are asynchronous: orbax writes into a temporary directory and renames it i
 once every process has finished, so a save cut short never looks like a checkpoint; leftover
 temporary directories are removed when the next run opens the directory. Once a save is
 complete, process 0 writes `checkpoints/<step>/integrity.json` (size and sha256 of every file,
-hashed in a background thread). `restore_latest` checks the newest checkpoint against its
-record and, if a file is missing, shorter or altered (a torn write, a disk fault) or orbax
-cannot read it, reports it, moves it to `checkpoints_corrupt/` and takes the one before.
+hashed in a background thread before the next save starts). `restore_latest` checks the
+newest checkpoint against its record and, if a file is missing, shorter or altered (a torn
+write, a disk fault), reports it, moves it to `checkpoints_corrupt/` and takes the one before;
+one that orbax cannot read is reported and passed over.
 
 Retention: the last `max_to_keep` checkpoints, plus every one whose step is a multiple of
 `keep_every_steps` (0 = none).
@@ -167,8 +168,11 @@ class Checkpointer:
     self._record_finished()
     if not force and step % self.every_steps:
       return False
-    if step in self.manager.all_steps():  # e.g. preempted right after a scheduled save of this step
+    if step in self.manager.all_steps():  # e.g. preempted right after a scheduled save, or an unreadable one kept
       return False
+    for future in self._hashing:  # orbax's retention may delete the directory being hashed during the next save
+      future.result()
+    self._hashing = []
     saved = self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iterator.state())),
@@ -209,40 +213,55 @@ class Checkpointer:
                      before: int | None = None) -> tuple[int | None, Any]:
     """(step, state) of the newest sound checkpoint (older than `before` if given), or (None, None) if there is none.
 
-    A checkpoint that fails its integrity record or cannot be read is reported through `log`,
-    moved to `checkpoints_corrupt/` (so its step can be saved again) and the previous one is tried.
+    A checkpoint whose files do not match its integrity record is reported through `log`, moved
+    to `checkpoints_corrupt/` (so its step can be saved again) and the previous one is tried. One
+    that orbax cannot read is reported and passed over but left in place, since the cause may be
+    passing (storage, memory). A sound checkpoint without a record (the run stopped before it was
+    written) gets one now. Every process takes the same decisions: process 0's list of steps and
+    verdicts, and a read that failed on any process failed for all.
 
     Raises:
-      CheckpointError: the checkpoints hold another model's state, or every one of them is corrupt.
+      CheckpointError: the checkpoints hold another model's state, or none of them could be used.
     """
     self.wait()
-    steps = [s for s in self.all_steps() if before is None or s < before]
-    corrupt = []
+    steps = [s for s in _broadcast_steps(self.all_steps()) if before is None or s < before]
+    failed = []
     for step in reversed(steps):
       problem = verify_integrity(self.step_dir(step)) if jax.process_index() == 0 else None
       problem = _broadcast_text(problem)
-      metadata = None
-      if problem is None:
-        try:
-          metadata = self.manager.item_metadata(step)["state"]
-        except Exception as e:  # pylint: disable=broad-except  # any read failure means: try the previous one
-          problem = _read_failure(e)
-      if problem is None:
-        self._check_metadata(step, metadata, abstract_state)  # another model is an error, not corruption
-        try:
-          state, data_state = self._read(step, abstract_state)
-        except Exception as e:  # pylint: disable=broad-except
-          problem = _read_failure(e)
-      if problem is None:
-        data_iterator.restore(data_state)  # a different data stream is the caller's error, not corruption
-        return step, state
-      corrupt.append(step)
-      log(f"checkpoint {self.step_dir(step)} is corrupt or incomplete: {problem}; "
-          f"moved to {CORRUPT_DIR}/, using the previous checkpoint")
-      self._set_aside(step)
-    if corrupt:
-      raise CheckpointError(f"every checkpoint in {self.directory} ({', '.join(map(str, corrupt))}) is corrupt; "
-                            f"they were moved to {os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}")
+      if problem is not None:
+        failed.append(step)
+        log(f"checkpoint {self.step_dir(step)} is corrupt or incomplete: {problem}; moved to {CORRUPT_DIR}/, "
+            "using the previous checkpoint")
+        self._set_aside(step)
+        continue
+      metadata, error = None, None
+      try:
+        metadata = self.manager.item_metadata(step)["state"]
+      except Exception as e:  # pylint: disable=broad-except  # any read failure means: try the previous one
+        error = _read_failure(e)
+      if _any_process(error is not None):
+        failed.append(step)
+        log(f"checkpoint {self.step_dir(step)} is unreadable: {error or 'failed on another process'}; "
+            "using the previous checkpoint")
+        continue
+      self._check_metadata(step, metadata, abstract_state)  # another model is an error, not corruption
+      try:
+        state, data_state = self._read(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        state, error = None, _read_failure(e)
+      if _any_process(error is not None):
+        failed.append(step)
+        log(f"checkpoint {self.step_dir(step)} is unreadable: {error or 'failed on another process'}; "
+            "using the previous checkpoint")
+        continue
+      data_iterator.restore(data_state)  # a different data stream is the caller's error, not corruption
+      if jax.process_index() == 0 and not os.path.exists(os.path.join(self.step_dir(step), INTEGRITY)):
+        write_integrity(self.step_dir(step))
+      return step, state
+    if failed:
+      raise CheckpointError(f"no checkpoint in {self.directory} could be used ({', '.join(map(str, failed))}); "
+                            f"corrupt ones were moved to {os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)}")
     return None, None
 
   def _set_aside(self, step: int) -> None:
@@ -291,6 +310,26 @@ def _broadcast_text(text: str | None) -> str | None:
   buffer[1:1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
   buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
   return bytes(buffer[1:]).rstrip(b"\0").decode(errors="replace") if buffer[0] else None
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.asarray(multihost_utils.process_allgather(np.array([flag], np.int32))).any())
+
+
+def _broadcast_steps(steps: list[int]) -> list[int]:
+  """Process 0's list of checkpoint steps on every process (their views of a shared directory may lag)."""
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  count = int(np.asarray(multihost_utils.broadcast_one_to_all(np.array(len(steps), np.int64))))
+  padded = np.zeros(max(count, 1), np.int64)
+  if jax.process_index() == 0:
+    padded[:count] = steps
+  return [int(s) for s in np.asarray(multihost_utils.broadcast_one_to_all(padded))[:count]]
 
 
 def _barrier(name: str) -> None:

@@ -405,6 +405,8 @@ class _Preemption:
   def __init__(self):
     self.signal = None  # the signal received, single-process
     self._previous = None
+    self._calls = 0  # the preemption service's increasing count
+    self._requested = False
     if jax.process_count() == 1:
       try:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -415,14 +417,19 @@ class _Preemption:
     del frame
     self.signal = signal.Signals(signum).name
 
-  def requested(self, counter: int) -> bool:
-    if jax.process_count() == 1:
-      return self.signal is not None
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    try:
-      return multihost_utils.reached_preemption_sync_point(counter)
-    except RuntimeError:  # the preemption service is off (jax_enable_preemption_service): no notices
-      return False
+  def requested(self) -> bool:
+    """Asked once per loop iteration; once true, stays true (a rollback may come between notice and save)."""
+    if not self._requested:
+      self._calls += 1
+      if jax.process_count() == 1:
+        self._requested = self.signal is not None
+      else:
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        try:
+          self._requested = multihost_utils.reached_preemption_sync_point(self._calls)
+        except RuntimeError:  # the preemption service is off (jax_enable_preemption_service): no notices
+          self._requested = False
+    return self._requested
 
   def close(self) -> None:
     if self._previous is not None:
@@ -534,6 +541,7 @@ def run(config: ml_collections.ConfigDict,
   tokens_per_step = global_batch_size * seq_len
   noise_scale = metrics_lib.GradientNoiseScale()
   preemption = _Preemption()
+  can_sample = config.model.objective == "causal"  # a masked-LM model does not continue text
   timers = {"data": 0.0, "checkpoint": 0.0, "eval": 0.0}  # seconds since the last step's metrics were read
   last_read = time.perf_counter()
   window: list[dict[str, float]] = []  # per-step scalars since the last progress line
@@ -579,7 +587,8 @@ def run(config: ml_collections.ConfigDict,
       window = []
     return scalars
 
-  def roll_back(anomalous_step: int, batch_index: int, scalars: dict[str, float]) -> tuple[TrainState, int] | None:
+  def roll_back(anomalous_step: int, batch_index: int, scalars: dict[str, float],
+                live: list) -> tuple[TrainState, int] | None:
     """Restores the newest checkpoint before `anomalous_step`, lowers the learning rate and skips the batches
     from the checkpoint's through the anomalous one; (state, its step), or None without such a checkpoint."""
     rollbacks = int(scalars["guard/rollbacks"]) + 1
@@ -587,6 +596,10 @@ def run(config: ml_collections.ConfigDict,
       raise RunStopped(f"step {anomalous_step}: {_anomaly_reason(scalars)}; guard.max_rollbacks "
                          f"({config.guard.max_rollbacks}) rollbacks already made: the run is unstable, stopping "
                          f"(events in {os.path.join(run_dir, 'metrics.jsonl')})")
+    if checkpointer.all_steps() and min(checkpointer.all_steps()) < anomalous_step:
+      for array in jax.tree_util.tree_leaves(live):  # the restore needs their memory; they are abandoned
+        if isinstance(array, jax.Array):
+          array.delete()
     target, restored = checkpointer.restore_latest(trainer.abstract_state, data_iterator, _log,
                                                    before=anomalous_step)
     if target is None:
@@ -609,7 +622,6 @@ def run(config: ml_collections.ConfigDict,
     return restored, target
 
   step = int(state.step)
-  dispatched = 0  # steps dispatched by this process: the preemption service's increasing count
   pending = None  # (step, batch index, device metrics) of the last step, read one step late
   preempted = None
   while step < total_steps:
@@ -621,19 +633,22 @@ def run(config: ml_collections.ConfigDict,
     batch = sharding.global_batch(host_batch, trainer.batch_sharding)
     timers["data"] += time.perf_counter() - wait_start
     state, metrics = trainer.train_step(state, batch)
-    step, dispatched = step + 1, dispatched + 1
+    step += 1
     previous, pending = pending, (step, batch_index, metrics)
+    preempted = (preemption.signal or "preemption notice") if preemption.requested() else None
     due_eval = step % config.eval.every_steps == 0 or step == total_steps
+    due_save = step % config.checkpoint.every_steps == 0 or step == total_steps or preempted is not None
     rolled_back = None
-    # The previous step's metrics are read now; before an evaluation, this step's too.
-    for item in [previous] + ([pending] if due_eval else []):
+    # The previous step's metrics are read now; before an evaluation or a save, this step's too, so that
+    # no checkpoint holds a step whose guard verdict has not been acted on.
+    for item in [previous] + ([pending] if due_eval or due_save else []):
       if item is None:
         continue
       if item is pending:
         pending = None
       scalars = read(*item)
       if scalars["guard/anomaly"] and config.guard.policy == "rollback":
-        rolled_back = roll_back(item[0], item[1], scalars)
+        rolled_back = roll_back(item[0], item[1], scalars, live=[state, metrics, batch])
         if rolled_back is not None:
           break
         _log(f"guard: no checkpoint before step {item[0]} to roll back to; its update was skipped")
@@ -643,25 +658,24 @@ def run(config: ml_collections.ConfigDict,
       continue
 
     start = time.perf_counter()
-    if due_eval:
+    if due_eval and not preempted:
       val_loss = run_evaluation(step)
-    if step % config.eval.sample_every_steps == 0 and step != total_steps:
+    if step % config.eval.sample_every_steps == 0 and step != total_steps and can_sample and not preempted:
       write_samples(step)
-    if config.log.noise_scale_every_steps and step % config.log.noise_scale_every_steps == 0:
+    if config.log.noise_scale_every_steps and step % config.log.noise_scale_every_steps == 0 and not preempted:
       sums = {k: float(v) for k, v in jax.device_get(trainer.noise_scale_sums(state.params, batch)).items()}
       writer.write(step, noise_scale.update(sums))
     timers["eval"] += time.perf_counter() - start
     start = time.perf_counter()
-    preempted = (preemption.signal or "preemption notice") if preemption.requested(dispatched) else None
-    checkpointer.save(step, state, data_iterator, force=step == total_steps or preempted is not None)
+    checkpointer.save(step, state, data_iterator, force=due_save)
     timers["checkpoint"] += time.perf_counter() - start
     if preempted:
       break
   if pending is not None:
     read(*pending)
-  preemption.close()
   if preempted:
-    checkpointer.close()
+    checkpointer.close()  # the save is on disk before the SIGTERM handler is released
+    preemption.close()
     writer.event(step, "preempted", signal=preempted, checkpoint=checkpointer.step_dir(step), batch=data_iterator.step)
     writer.close()
     data_iterator.close()
@@ -672,9 +686,10 @@ def run(config: ml_collections.ConfigDict,
   if val_loss is None:  # the run was already complete: evaluate the restored state
     val_loss = run_evaluation(step)
   checkpointer.close()
+  preemption.close()
 
   sample_text = ""
-  if config.model.objective == "causal":  # a masked-LM model does not continue text
+  if can_sample:
     sample_text = write_samples(step)
     _log(f"samples (step {step}):\n{sample_text}\n")
   writer.close()

@@ -96,8 +96,9 @@ def test_rollback_restores_the_last_checkpoint_lowers_the_learning_rate_and_skip
   config = _guarded_config(tiny_config, tokens_dir, "rollback")
   rng = np.random.default_rng(0)
 
+  # Batch 24 is trained at step 25, a checkpoint step: its verdict must be acted on before the save.
   def garbage(index, batch):  # random tokens: a loss far above the trained model's
-    if index != 22:
+    if index != 24:
       return batch
     noise = rng.integers(5, config.model.vocab_size, size=batch["inputs"].shape, dtype=batch["inputs"].dtype)
     return dict(batch, inputs=noise, targets=noise[:, ::-1].copy())
@@ -106,11 +107,11 @@ def test_rollback_restores_the_last_checkpoint_lowers_the_learning_rate_and_skip
   rollbacks = [e for e in result["events"] if e["event"] == "rollback"]
   assert len(rollbacks) == 1, result["events"]
   event = rollbacks[0]
-  assert (event["step"], event["batch"], event["restored_step"], event["skipped_batches"]) == (23, 22, 20, [20, 22])
+  assert (event["step"], event["batch"], event["restored_step"], event["skipped_batches"]) == (25, 24, 20, [20, 24])
   assert event["learning_rate_scale"] == 0.5 and event["reason"].startswith("loss spike")
   assert result["step"] == 36 and np.isfinite(result["val_loss"])
   records = _jsonl(config.train.run_dir)
-  assert [r["step"] for r in records if r.get("event") == "rollback"] == [23]
+  assert [r["step"] for r in records if r.get("event") == "rollback"] == [25]
   # Steps 21.. were trained again after the rollback, at half the scheduled learning rate.
   last = {r["step"]: r for r in records if "train/loss" in r}
   schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
