@@ -22,7 +22,6 @@ Retention: the last `max_to_keep` checkpoints, plus every one whose step is a mu
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from data import shards
+
 INTEGRITY = "integrity.json"
 CORRUPT_DIR = "checkpoints_corrupt"  # sibling of the checkpoints directory
 
@@ -43,11 +44,7 @@ class CheckpointError(ValueError):
 
 
 def _file_record(path: str) -> dict:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+  return {"bytes": os.path.getsize(path), "sha256": shards.file_sha256(path)}
 
 
 def _files(step_dir: str) -> list[str]:
@@ -86,7 +83,7 @@ def verify_integrity(step_dir: str) -> str | None:
     size = os.path.getsize(file_path)
     if size != expected["bytes"]:
       return f"{name} has {size} bytes, {expected['bytes']} were written"
-    if _file_record(file_path)["sha256"] != expected["sha256"]:
+    if shards.file_sha256(file_path) != expected["sha256"]:
       return f"{name} does not match the sha256 recorded when it was written"
   return None
 
