@@ -485,34 +485,31 @@ def _plot_grad_norm(fig, metrics: Metrics) -> None:
     right.legend(fontsize=7, title="shallow -> deep", title_fontsize=7)
 
 
+def _median_panel(ax, series: tuple[np.ndarray, np.ndarray], scale: float, color: str, label: str,
+                  median_format: str, title: str, ylabel: str) -> None:
+  """One per-step series (steps [n], values [n]) times `scale`, with its median as a dashed line."""
+  steps, values = series
+  if not len(values):
+    _no_data(ax, label)
+    return
+  _line(ax, (steps, scale * values), color=color, linewidth=0.9, label=label)
+  median = scale * float(np.median(values))
+  ax.axhline(median, color=color, linestyle="--", linewidth=1.0, label=f"median {median_format.format(median)}")
+  ax.set_title(title)
+  ax.set_xlabel("step")
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=7)
+  ax.grid(True, alpha=0.3)
+
+
 def _plot_throughput(fig, metrics: Metrics) -> None:
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   learning_rate = metrics.get("train/learning_rate")
   axes = fig.subplots(1, 3 if learning_rate is not None else 2)
-  steps, tokens = _finite(metrics.get("perf/tokens_per_second"))
-  if not len(tokens):
-    _no_data(axes[0], "tokens/s")
-  else:
-    _line(axes[0], (steps, tokens), color="tab:green", linewidth=0.9, label="tokens/s")
-    median = float(np.median(tokens))
-    axes[0].axhline(median, color="tab:green", linestyle="--", linewidth=1.0, label=f"median {median:,.0f}")
-    axes[0].set_title("tokens/s")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("tokens per second")
-    axes[0].legend(fontsize=7)
-    axes[0].grid(True, alpha=0.3)
-  steps, mfu = _finite(metrics.get("perf/mfu"))
-  if not len(mfu):
-    _no_data(axes[1], "MFU")
-  else:
-    _line(axes[1], (steps, 100 * mfu), color="tab:orange", linewidth=0.9, label="MFU")
-    median = 100 * float(np.median(mfu))
-    axes[1].axhline(median, color="tab:orange", linestyle="--", linewidth=1.0, label=f"median {median:.1f}%")
-    axes[1].set_title("model FLOPs utilisation")
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("MFU (%)")
-    axes[1].legend(fontsize=7)
-    axes[1].grid(True, alpha=0.3)
+  _median_panel(axes[0], _finite(metrics.get("perf/tokens_per_second")), 1.0, "tab:green", "tokens/s", "{:,.0f}",
+                "tokens/s", "tokens per second")
+  _median_panel(axes[1], _finite(metrics.get("perf/mfu")), 100.0, "tab:orange", "MFU", "{:.1f}%",
+                "model FLOPs utilisation", "MFU (%)")
   if learning_rate is not None:
     _line(axes[2], learning_rate, color="tab:purple", linewidth=1.0, label="learning rate")
     axes[2].set_title("learning rate")

@@ -63,7 +63,7 @@ def test_round_trip_restores_state_and_data_position(tiny_config, train_iterator
   checkpointer.close()
 
 
-def test_keeps_only_the_last_k(tiny_config, train_iterator, tmp_path):
+def test_retention_keeps_the_last_k_and_every_mth(tiny_config, train_iterator, tmp_path):
   config = tiny_config
   trainer = train.build(config, sharding.make_mesh(config.mesh))
   it = train_iterator(config)
@@ -75,6 +75,12 @@ def test_keeps_only_the_last_k(tiny_config, train_iterator, tmp_path):
   assert checkpointer.manager.all_steps() == [4, 6]
   checkpointer.close()
 
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "every"), every_steps=2, max_to_keep=2, keep_every_steps=6)
+  for step in range(1, 15):
+    checkpointer.save(step, state, it)
+  checkpointer.wait()
+  assert checkpointer.all_steps() == [6, 12, 14]
+  checkpointer.close()
 
 def test_checkpoint_written_on_one_mesh_restores_on_another(tiny_config, train_iterator, tmp_path):
   """Saved on data x fsdp x tensor = 8x1x1, restored on 2x2x2 (training continues with the same loss) and on 4
@@ -197,19 +203,6 @@ def test_checkpoint_of_another_model_is_rejected_with_the_mismatched_names(tiny_
   assert "params/embed/embedding: shape (512, 64) in the checkpoint, (512, 32) in this model" in message
   assert "params/blocks/layer_0/mlp/up: shape (2, 64, 128) in the checkpoint, (4, 32, 128) in this model" in message
   assert checkpointer.all_steps() == [1]  # not mistaken for corruption
-  checkpointer.close()
-
-
-def test_retention_keeps_the_last_k_and_every_mth(tiny_config, train_iterator, tmp_path):
-  config = tiny_config
-  trainer = train.build(config, sharding.make_mesh(config.mesh))
-  it = train_iterator(config)
-  state = trainer.init_state(jax.random.PRNGKey(0))
-  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), every_steps=2, max_to_keep=2, keep_every_steps=6)
-  for step in range(1, 15):
-    checkpointer.save(step, state, it)
-  checkpointer.wait()
-  assert checkpointer.all_steps() == [6, 12, 14]
   checkpointer.close()
 
 
