@@ -133,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
   ev.sample_tokens = 64  # tokens sampled after the prompt
   ev.sample_temperature = 0.8  # softmax temperature of sampling (0 = greedy)
   ev.sample_top_k = 40  # sample among the k most likely tokens (0 = all)
+  ev.tasks = ()  # (task, JSONL path) pairs scored in training; task: hellaswag | arc_easy | arc_challenge | piqa | lambada
+  ev.tasks_every_steps = 0  # score eval.tasks every this many steps (and always at the end); 0 = only at the end
+  ev.tasks_shots = 0  # solved examples before each item, drawn (fixed seed) from the same file, never the item itself
+  ev.tasks_max_items = 200  # items scored per task and evaluation (0 = all): bounds the pause in training
+  ev.tasks_too_long = "truncate"  # requests longer than data.seq_len: truncate (context from the left) | skip
 
   config.log = log = ml_collections.ConfigDict()
   log.every_steps = 10  # progress line every this many steps (metrics.jsonl and tensorboard get every step)

@@ -21,6 +21,7 @@ from lm import mlp
 from lm import model
 from lm import objectives
 from lm import sharding
+from lm import tasks
 
 
 class ConfigError(ValueError):
@@ -138,6 +139,19 @@ def for_platform(config: ml_collections.ConfigDict, backend: str) -> ml_collecti
   return config
 
 
+def _validate_tasks(ev: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
+  for key in ("tasks_every_steps", "tasks_shots", "tasks_max_items"):
+    _require(ev[key] >= 0, f"eval.{key} must be >= 0, got {ev[key]}")
+  _one_of("eval.tasks_too_long", ev.tasks_too_long, ("truncate", "skip"))
+  for entry in ev.tasks:
+    _require(isinstance(entry, (tuple, list)) and len(entry) == 2,
+             f"eval.tasks must hold (task, JSONL path) pairs, got {entry!r}")
+    _one_of("eval.tasks task", entry[0], tasks.TASKS)
+    _require(os.path.isfile(entry[1]), f"eval.tasks: the {entry[0]} file {entry[1]!r} does not exist")
+  _require(not ev.tasks or m.objective == "causal",
+           f"eval.tasks score continuations, which needs model.objective 'causal', got {m.objective!r}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Raises ConfigError naming the offending key if `config` cannot start a run on `num_devices` devices."""
   _check_against_base(config, base.get_config(), "")
@@ -201,5 +215,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _require(isinstance(prompts, (tuple, list)) and all(isinstance(p, str) and p for p in prompts),
            f"eval.sample_prompts must be a tuple of non-empty strings, got {prompts!r}")
   _require(config.eval.max_batches >= 0, f"eval.max_batches must be >= 0, got {config.eval.max_batches}")
+  _validate_tasks(config.eval, m)
   _one_of("optim.state_dtype", config.optim.state_dtype, ("float32", "bfloat16"))
   _require(config.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {config.optim.warmup_steps}")

@@ -66,6 +66,24 @@ def _with(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_colle
   return result
 
 
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The config of the latest launch of `run_dir` (its config.json over the base config).
+
+  Raises:
+    ConfigError: `run_dir` has no readable config.json.
+  """
+  from configs import base  # pylint: disable=import-outside-toplevel
+  path = os.path.join(run_dir, CONFIG)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise config_lib.ConfigError(f"{path} does not exist: {run_dir} is not a run directory") from None
+  except ValueError as e:
+    raise config_lib.ConfigError(f"{path} is not valid JSON ({e})") from None
+  return _with(base.get_config(), _flatten(saved))
+
+
 def _fmt(value: Any) -> str:
   return json.dumps(value) if not isinstance(value, str) else repr(value)
 

@@ -112,6 +112,7 @@ class Trainer:
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # donates its state argument
   eval_step: Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (params, batch) -> (summed loss, tokens)
   next_token: Callable  # (params, tokens [batch, seq], length, rng) -> [batch] int32, config.eval sampling
+  token_scores: Callable  # (params, batch) -> (target log-probabilities [batch, seq], target is the argmax)
   noise_scale_sums: Callable  # (params, batch) -> squared gradient norms of the batch's halves and of all of it
   abstract_state: TrainState  # ShapeDtypeStructs with shardings, never allocated: the target of a restore
 
@@ -253,6 +254,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
                                    in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
       next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
                                     out_shardings=replicated)),
+      token_scores=in_context(jax.jit(evaluate_lib.make_token_scores(forward),
+                                      in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
       noise_scale_sums=in_context(jax.jit(noise_scale_sums, in_shardings=(state_shardings.params, batch_sharding),
                                           out_shardings=replicated)),
       abstract_state=abstract_state,
@@ -511,23 +514,45 @@ def run(config: ml_collections.ConfigDict,
   _log(f"MFU uses {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention) against {peak / 1e9:,.0f} GFLOP/s "
        f"per device ({peak_source})")
 
+  byte_lengths = evaluate_lib.piece_byte_lengths(tokenizer)
+  validation_bytes = {name: evaluate_lib.text_bytes(rows, byte_lengths) for name, rows in validation_rows.items()}
+
   def run_evaluation(step: int) -> float:
-    """Validation loss of each source and of all of them (token-weighted); returns the latter."""
+    """Validation loss and bits per byte of each source and of all of them (token-weighted); returns the loss."""
     scalars, per_source, summed, tokens = {}, [], 0.0, 0.0
     for name, rows in validation_rows.items():
       batches = (
           {k: sharding.from_full_host_array(v, trainer.batch_sharding) for k, v in batch.items()}
           for batch in loader.evaluation_batches(rows, global_batch_size))
-      result = evaluate_lib.evaluate(trainer.eval_step, state.params, batches)
+      result = evaluate_lib.with_bits_per_byte(evaluate_lib.evaluate(trainer.eval_step, state.params, batches),
+                                               validation_bytes[name])
       scalars[f"eval/{name}/loss"] = result["loss"]
+      scalars[f"eval/{name}/bits_per_byte"] = result["bits_per_byte"]
       per_source.append(f"{name} {result['loss']:.4f}")
       summed, tokens = summed + result["loss"] * result["tokens"], tokens + result["tokens"]
     loss = summed / tokens
-    scalars.update({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))})
+    bits_per_byte = summed / math.log(2) / max(sum(validation_bytes.values()), 1)
+    scalars.update({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0)),
+                    "eval/bits_per_byte": bits_per_byte})
     writer.write(step, scalars)
     _log(f"eval  step {step}: val_loss {loss:.4f}  perplexity {scalars['eval/perplexity']:.2f}  "
-         f"({tokens:,.0f} tokens; {', '.join(per_source)})")
+         f"bits/byte {bits_per_byte:.4f}  ({tokens:,.0f} tokens; {', '.join(per_source)})")
     return loss
+
+  def run_tasks(step: int) -> None:
+    """Scores the benchmark files of eval.tasks (at most eval.tasks_max_items items each) and logs them."""
+    scalars = {}
+    for task, path in config.eval.tasks:
+      result = evaluate_lib.evaluate_task(
+          task, path, tokenizer=tokenizer, token_scores=trainer.token_scores, params=state.params, seq_len=seq_len,
+          batch_size=global_batch_size, put=lambda a: sharding.from_full_host_array(a, trainer.batch_sharding),
+          shots=config.eval.tasks_shots, seed=config.train.seed, max_items=config.eval.tasks_max_items,
+          too_long=config.eval.tasks_too_long)
+      for key in ("acc", "acc_norm", "perplexity", "items"):
+        if key in result:
+          scalars[f"eval/{task}/{key}"] = float(result[key])
+      _log(f"eval  step {step}: {evaluate_lib.format_task(result)}")
+    writer.write(step, scalars)
 
   def write_samples(step: int) -> str:
     text = _samples(config, trainer, state.params, tokenizer, step)
@@ -660,6 +685,9 @@ def run(config: ml_collections.ConfigDict,
     start = time.perf_counter()
     if due_eval and not preempted:
       val_loss = run_evaluation(step)
+    if config.eval.tasks and not preempted and (step == total_steps or config.eval.tasks_every_steps
+                                                and step % config.eval.tasks_every_steps == 0):
+      run_tasks(step)
     if step % config.eval.sample_every_steps == 0 and step != total_steps and can_sample and not preempted:
       write_samples(step)
     if config.log.noise_scale_every_steps and step % config.log.noise_scale_every_steps == 0 and not preempted:

@@ -95,3 +95,29 @@ def launch():
          *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
   return run
+
+
+@pytest.fixture(scope="session")
+def task_files(small_documents, tmp_path_factory):
+  """task -> a generated JSONL file of 120 items in its layout, from the small (training) documents."""
+  from lm import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.make_fixtures(small_documents, str(tmp_path_factory.mktemp("tasks")), items=120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tokens_dir, task_files, tmp_path_factory):
+  """A run directory of the tiny model trained 300 steps on the small token shards (one checkpoint, at the end);
+  its final evaluation also scores the hellaswag and lambada fixtures."""
+  from lm import train  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.eval.tasks = (("hellaswag", task_files["hellaswag"]), ("lambada", task_files["lambada"]))
+  config.eval.tasks_max_items = 40
+  config.train.run_dir = str(tmp_path_factory.mktemp("trained") / "run")
+  config.data.tokens_dir = tokens_dir
+  config.data.seq_len = 128  # the task fixtures' requests fit a row
+  config.train.steps, config.train.global_batch_size = 300, 8
+  config.optim.warmup_steps = 20
+  config.checkpoint.every_steps = config.eval.every_steps = config.eval.sample_every_steps = 300
+  config.log.every_steps, config.log.noise_scale_every_steps = 100, 0
+  train.run(config)
+  return config.train.run_dir
