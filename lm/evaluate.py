@@ -20,12 +20,13 @@ at 0), which gives the scores of one request per row (tested) at a fraction of t
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ import numpy as np
 
 from lm import tasks as tasks_lib
 
+IN_FLIGHT = 2  # evaluation batches dispatched ahead of the one being read
 TOO_LONG = ("truncate", "skip")  # a request longer than the model's rows: drop context from the left, or skip it
 
 
@@ -48,13 +50,29 @@ def evaluate(eval_step: Callable[[Any, Any], tuple[jax.Array, jax.Array]], param
   Returns:
     {"loss": nats per token, "perplexity": exp(loss), "tokens": tokens scored}.
   """
-  pending = [eval_step(params, batch) for batch in batches]  # dispatch all before reading any
-  total_loss = sum(float(np.asarray(s)) for s, _ in pending)
-  total_tokens = sum(float(np.asarray(c)) for _, c in pending)
+  total_loss = total_tokens = 0.0
+  for summed, count in _in_flight(eval_step(params, batch) for batch in batches):
+    total_loss, total_tokens = total_loss + float(np.asarray(summed)), total_tokens + float(np.asarray(count))
   if total_tokens == 0:
     raise ValueError("validation set has no target tokens")
   loss = total_loss / total_tokens
   return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens}
+
+
+def _in_flight(calls: Iterable[Any], depth: int = IN_FLIGHT) -> Iterator[Any]:
+  """The results of the dispatched `calls` in order, with at most `depth` dispatched and not yet yielded.
+
+  Dispatching a few ahead keeps the devices busy while the host reads; dispatching every batch
+  at once can stall the simulated multi-device CPU backend, whose collectives of many
+  concurrent executions wait on one another.
+  """
+  pending = collections.deque()
+  for call in calls:
+    pending.append(call)
+    if len(pending) > depth:
+      yield jax.device_get(pending.popleft())
+  while pending:
+    yield jax.device_get(pending.popleft())
 
 
 def piece_byte_lengths(tokenizer) -> np.ndarray:
@@ -178,15 +196,18 @@ def score_requests(token_scores: Callable, params: Any, requests: Sequence[Reque
     return []
   rows, places = pack(requests, seq_len, pad_id, per_row=per_row)
   total = len(rows["inputs"])
-  outputs = []
-  for start in range(0, total, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in rows.items()}
-    missing = batch_size - len(batch["inputs"])
-    if missing:
-      batch = {k: np.concatenate([v, np.zeros((missing, seq_len), np.int32)]) for k, v in batch.items()}
-    outputs.append(token_scores(params, {k: put(v) for k, v in batch.items()}))  # dispatch all, then read
-  log_probs = np.concatenate([np.asarray(jax.device_get(lp)) for lp, _ in outputs])
-  greedy = np.concatenate([np.asarray(jax.device_get(g)) for _, g in outputs])
+
+  def batches():
+    for start in range(0, total, batch_size):
+      batch = {k: v[start:start + batch_size] for k, v in rows.items()}
+      missing = batch_size - len(batch["inputs"])
+      if missing:
+        batch = {k: np.concatenate([v, np.zeros((missing, seq_len), np.int32)]) for k, v in batch.items()}
+      yield {k: put(v) for k, v in batch.items()}
+
+  scores = list(_in_flight(token_scores(params, batch) for batch in batches()))
+  log_probs = np.concatenate([np.asarray(lp) for lp, _ in scores])
+  greedy = np.concatenate([np.asarray(g) for _, g in scores])
   return [(float(log_probs[r, c:c + n].astype(np.float64).sum()), bool(greedy[r, c:c + n].all()))
           for r, c, n in places]
 
