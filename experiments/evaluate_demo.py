@@ -28,7 +28,7 @@ from lm import tasks
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.evaluate_demo")
   parser.add_argument("--run", default="runs/demo")
-  parser.add_argument("--items", type=int, default=200, help="items per task fixture")
+  parser.add_argument("--items", type=int, default=150, help="items per task fixture")
   parser.add_argument("--shots", type=int, default=3)
   args = parser.parse_args(argv)
 
