@@ -15,6 +15,7 @@ import ml_collections
 
 from configs import base
 from lm import attention
+from lm import evaluate
 from lm import guard
 from lm import layers
 from lm import mlp
@@ -142,7 +143,7 @@ def for_platform(config: ml_collections.ConfigDict, backend: str) -> ml_collecti
 def _validate_tasks(ev: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
   for key in ("tasks_every_steps", "tasks_shots", "tasks_max_items"):
     _require(ev[key] >= 0, f"eval.{key} must be >= 0, got {ev[key]}")
-  _one_of("eval.tasks_too_long", ev.tasks_too_long, ("truncate", "skip"))
+  _one_of("eval.tasks_too_long", ev.tasks_too_long, evaluate.TOO_LONG)
   for entry in ev.tasks:
     _require(isinstance(entry, (tuple, list)) and len(entry) == 2,
              f"eval.tasks must hold (task, JSONL path) pairs, got {entry!r}")

@@ -293,6 +293,29 @@ def describe_problems(result: dict[str, Any]) -> str:
 
 # --- command line ---------------------------------------------------------------------------------------------------
 
+def evaluate_sources(eval_step: Callable[[Any, Any], tuple[jax.Array, jax.Array]], params: Any,
+                     rows_by_source: dict[str, dict[str, np.ndarray]], bytes_by_source: dict[str, int],
+                     batch_size: int, put: Callable[[np.ndarray], Any]) -> dict[str, dict[str, float]]:
+  """`with_bits_per_byte(evaluate(...))` of each source's fixed rows, and of all of them (token-weighted): "all".
+
+  Args:
+    rows_by_source: source -> BATCH_KEYS -> [rows, seq] int32 (see data.loader.evaluation_rows).
+    bytes_by_source: source -> UTF-8 bytes of its target tokens (`text_bytes`).
+    put: places a [batch, seq] host array on the devices.
+  """
+  from data import loader  # pylint: disable=import-outside-toplevel  # data.loader is heavy for task-only use
+  results, loss_sum, token_sum = {}, 0.0, 0.0
+  for name, rows in rows_by_source.items():
+    batches = ({k: put(v) for k, v in batch.items()} for batch in loader.evaluation_batches(rows, batch_size))
+    results[name] = with_bits_per_byte(evaluate(eval_step, params, batches), bytes_by_source[name])
+    loss_sum, token_sum = loss_sum + results[name]["loss"] * results[name]["tokens"], \
+        token_sum + results[name]["tokens"]
+  loss = loss_sum / token_sum
+  results["all"] = with_bits_per_byte({"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": token_sum},
+                                      sum(bytes_by_source.values()))
+  return results
+
+
 def perplexity_of_tokens(run, tokens_dir: str, split: str, max_rows: int) -> dict[str, dict[str, float]]:
   """Loss, perplexity and bits per byte of each source of the token shards `tokens_dir` (and of all: "all")."""
   from data import loader  # pylint: disable=import-outside-toplevel
@@ -300,25 +323,16 @@ def perplexity_of_tokens(run, tokens_dir: str, split: str, max_rows: int) -> dic
   from lm import sharding  # pylint: disable=import-outside-toplevel
   tokens = shards.open_tokens(tokens_dir, tokenizer_dir=f"{run.run_dir}/tokenizer")
   byte_lengths = piece_byte_lengths(run.tokenizer)
-  seq_len, batch_size = run.config.data.seq_len, run.config.train.global_batch_size
-  results, loss_sum, token_sum, byte_sum = {}, 0.0, 0.0, 0
-  for name in tokens.sources:
-    split_tokens = tokens.splits[name][split]
-    if not split_tokens.num_documents:
-      continue
-    rows = loader.evaluation_rows(split_tokens, seq_len=seq_len, pad_id=run.tokenizer.pad_id, max_rows=max_rows)
-    batches = ({k: sharding.from_full_host_array(v, run.trainer.batch_sharding) for k, v in batch.items()}
-               for batch in loader.evaluation_batches(rows, batch_size))
-    result = with_bits_per_byte(evaluate(run.trainer.eval_step, run.params, batches), text_bytes(rows, byte_lengths))
-    results[name] = result
-    loss_sum, token_sum, byte_sum = loss_sum + result["loss"] * result["tokens"], token_sum + result["tokens"], \
-        byte_sum + result["bytes"]
-  if not results:
+  rows_by_source = {
+      name: loader.evaluation_rows(tokens.splits[name][split], seq_len=run.config.data.seq_len,
+                                   pad_id=run.tokenizer.pad_id, max_rows=max_rows)
+      for name in tokens.sources if tokens.splits[name][split].num_documents}
+  if not rows_by_source:
     raise ValueError(f"{tokens_dir} has no {split} documents in any source")
-  loss = loss_sum / token_sum
-  results["all"] = with_bits_per_byte({"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": token_sum},
-                                      byte_sum)
-  return results
+  return evaluate_sources(run.trainer.eval_step, run.params, rows_by_source,
+                          {name: text_bytes(rows, byte_lengths) for name, rows in rows_by_source.items()},
+                          run.config.train.global_batch_size,
+                          lambda a: sharding.from_full_host_array(a, run.trainer.batch_sharding))
 
 
 def format_perplexity(results: dict[str, dict[str, float]]) -> str:

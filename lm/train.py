@@ -519,25 +519,20 @@ def run(config: ml_collections.ConfigDict,
 
   def run_evaluation(step: int) -> float:
     """Validation loss and bits per byte of each source and of all of them (token-weighted); returns the loss."""
-    scalars, per_source, summed, tokens = {}, [], 0.0, 0.0
-    for name, rows in validation_rows.items():
-      batches = (
-          {k: sharding.from_full_host_array(v, trainer.batch_sharding) for k, v in batch.items()}
-          for batch in loader.evaluation_batches(rows, global_batch_size))
-      result = evaluate_lib.with_bits_per_byte(evaluate_lib.evaluate(trainer.eval_step, state.params, batches),
-                                               validation_bytes[name])
+    results = evaluate_lib.evaluate_sources(
+        trainer.eval_step, state.params, validation_rows, validation_bytes, global_batch_size,
+        lambda a: sharding.from_full_host_array(a, trainer.batch_sharding))
+    overall = results.pop("all")
+    scalars = {"eval/loss": overall["loss"], "eval/perplexity": overall["perplexity"],
+               "eval/bits_per_byte": overall["bits_per_byte"]}
+    for name, result in results.items():
       scalars[f"eval/{name}/loss"] = result["loss"]
       scalars[f"eval/{name}/bits_per_byte"] = result["bits_per_byte"]
-      per_source.append(f"{name} {result['loss']:.4f}")
-      summed, tokens = summed + result["loss"] * result["tokens"], tokens + result["tokens"]
-    loss = summed / tokens
-    bits_per_byte = summed / math.log(2) / max(sum(validation_bytes.values()), 1)
-    scalars.update({"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0)),
-                    "eval/bits_per_byte": bits_per_byte})
     writer.write(step, scalars)
-    _log(f"eval  step {step}: val_loss {loss:.4f}  perplexity {scalars['eval/perplexity']:.2f}  "
-         f"bits/byte {bits_per_byte:.4f}  ({tokens:,.0f} tokens; {', '.join(per_source)})")
-    return loss
+    per_source = ", ".join(f"{name} {result['loss']:.4f}" for name, result in results.items())
+    _log(f"eval  step {step}: val_loss {overall['loss']:.4f}  perplexity {overall['perplexity']:.2f}  "
+         f"bits/byte {overall['bits_per_byte']:.4f}  ({overall['tokens']:,.0f} tokens; {per_source})")
+    return overall["loss"]
 
   def run_tasks(step: int) -> None:
     """Scores the benchmark files of eval.tasks (at most eval.tasks_max_items items each) and logs them."""
