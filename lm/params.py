@@ -206,6 +206,25 @@ def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int) -> di
               total=6 * weights + attention_total, moe_dispatch=dispatch)
 
 
+def training_compute(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The size, data and compute of the training run `config` describes, by both usual counts.
+
+  Returns:
+    params_total, params_non_embedding: N as `count_parameters` gives it (the active counts for
+      MoE: the parameters a token uses); tokens: D = train.steps * global_batch_size * seq_len;
+    compute_6nd: C = 6 * params_total * D (Hoffmann et al.); compute_6nd_non_embedding:
+      6 * params_non_embedding * D (Kaplan et al.); flops_per_token: 6N + attention as
+      `flops_per_token` counts it (what MFU uses); compute: flops_per_token * D, the full count.
+  """
+  counts = count_parameters(config.model)
+  tokens = float(config.train.steps * config.train.global_batch_size * config.data.seq_len)
+  per_token = flops_per_token(config.model, config.data.seq_len)["total"]
+  n, n_non_embedding = float(counts["active"]), float(counts["active_non_embedding"])
+  return dict(params_total=n, params_non_embedding=n_non_embedding, tokens=tokens, compute_6nd=6 * n * tokens,
+              compute_6nd_non_embedding=6 * n_non_embedding * tokens, flops_per_token=per_token,
+              compute=per_token * tokens)
+
+
 @dataclasses.dataclass(frozen=True)
 class Buffer:
   """`count` arrays of `shape` (global batch) with logical `axes` and `itemsize` bytes per element."""
@@ -462,6 +481,14 @@ def report(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], device
   if m.num_experts:
     row("MoE dispatch + combine einsums (not counted)", f"{flops['moe_dispatch']:,.0f}", _count(flops["moe_dispatch"]))
   row(f"per step ({batch} x {seq} tokens)", f"{flops['total'] * batch * seq:.3e}")
+  run = training_compute(config)
+  lines.append("")
+  lines.append(f"Training run ({config.train.steps:,} steps)")
+  row("D: tokens", f"{run['tokens']:,.0f}", _count(run["tokens"]))
+  row("C = 6·N·D (N total)", f"{run['compute_6nd']:.3e}", "Hoffmann et al.")
+  row("C = 6·N·D (N non-embedding)", f"{run['compute_6nd_non_embedding']:.3e}", "Kaplan et al.")
+  row("C full count (6N + attention per token)", f"{run['compute']:.3e}",
+      f"{run['compute'] / run['compute_6nd']:.3f} x 6·N·D")
   lines.append("")
   mesh_text = " ".join(f"{axis}={mesh_sizes[axis]}" for axis in sharding.MESH_AXES)
   lines.append(f"Memory per device (mesh {mesh_text}; {memory['per_device_batch']:g} x {seq} tokens per device; "

@@ -2,8 +2,9 @@
 
 A run directory holds config.json (the config of the latest launch), run.json (the git
 revision of the code and one entry per launch: time, command, config changes, the step it
-resumed from), tokenizer/, tokens/ (when tokenized at launch), checkpoints/, events/
-(tensorboard), metrics.jsonl, samples.txt and shardings.txt.
+resumed from; and N, D and C of the run), tokenizer/, tokens/ (when tokenized at launch),
+checkpoints/, events/ (tensorboard), metrics.jsonl, samples.txt, shardings.txt and, once the
+run has completed, result.json (final step, validation loss, compute).
 
 Relaunching into an existing run directory continues that run. Changes that keep the
 state's shapes and the data stream (learning rate, step count, mesh, attention kernel, ...)
@@ -28,6 +29,7 @@ from lm import config as config_lib
 
 CONFIG = "config.json"
 RUN_RECORD = "run.json"
+RESULT = "result.json"
 # data fields that only change how the same batches are read
 RUNTIME_DATA_KEYS = ("num_workers", "prefetch_batches", "verify_checksums")
 # groups whose fields may shape the train state (parameters, optimizer moments, guard history)
@@ -173,10 +175,11 @@ def prepare(config: ml_collections.ConfigDict, is_main: bool,
 
 
 def record_launch(run_dir: str, changed: dict[str, tuple[Any, Any]], resumed_from: int | None,
-                  process_count: int, mfu_basis: dict | None = None) -> None:
+                  process_count: int, mfu_basis: dict | None = None, compute: dict | None = None) -> None:
   """Appends this launch to run.json (and records the code's git revision, the latest one at the top).
 
   `mfu_basis`: the FLOPs per token and the peak FLOP/s that this launch's MFU is computed from.
+  `compute`: N, D and C of the run as configured (`lm.params.training_compute`), kept at the top.
   """
   path = os.path.join(run_dir, RUN_RECORD)
   record = {"launches": []}
@@ -188,11 +191,37 @@ def record_launch(run_dir: str, changed: dict[str, tuple[Any, Any]], resumed_fro
       record = {"launches": [], "unreadable_previous_record": True}
   revision, dirty = git_revision()
   record.update(git_revision=revision, git_dirty=dirty)
+  if compute is not None:
+    record["compute"] = compute
+  try:  # a launch in progress has not completed, whatever an earlier launch of a shorter run wrote
+    os.remove(os.path.join(run_dir, RESULT))
+  except FileNotFoundError:
+    pass
   record.setdefault("launches", []).append({
       "time": time.time(), "host": socket.gethostname(), "processes": process_count, "command": sys.argv,
       "git_revision": revision, "git_dirty": dirty, "resumed_from": resumed_from,
       "config_changes": {k: list(v) for k, v in changed.items()}, "mfu_basis": mfu_basis})
+  _write_json(path, record)
+
+
+def write_result(run_dir: str, result: dict[str, Any]) -> None:
+  """Writes result.json: the end of a completed training run (final step, validation loss, compute, guard
+  events). Sweeps read it to tell finished runs from interrupted ones; it is replaced by every completed launch."""
+  _write_json(os.path.join(run_dir, RESULT), result)
+
+
+def read_result(run_dir: str) -> dict[str, Any] | None:
+  """The result.json of `run_dir`, or None when the run has not completed (or the file is unreadable)."""
+  try:
+    with open(os.path.join(run_dir, RESULT)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes `value` as JSON to `path` atomically (a reader sees the old file or the whole new one)."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(record, f, indent=1)
+    json.dump(value, f, indent=1, allow_nan=True)
   os.replace(tmp, path)

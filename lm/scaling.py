@@ -235,6 +235,10 @@ class IsoflopFit:
   refused: budget name -> why it gave none (too few sizes, a parabola without a minimum).
   n_r2, d_r2: coefficients of determination of the two log-log lines.
   excluded: input indices of runs left out for a non-finite loss.
+  level, intervals: central `level` percentile intervals from residual-bootstrap refits for a, G, b, G_prime and
+  each budget's n_opt (key "n_opt:" + budget name); empty without bootstrap, or when every parabola has exactly 3
+  sizes (no residuals). bootstrap_fits / bootstrap_failed: refits that gave a frontier / that did not (a refitted
+  parabola without a minimum).
   """
   budgets: tuple[IsoflopBudget, ...]
   refused: dict[str, str]
@@ -245,6 +249,10 @@ class IsoflopFit:
   n_r2: float
   d_r2: float
   excluded: tuple[int, ...]
+  level: float = 0.9
+  intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  bootstrap_fits: int = 0
+  bootstrap_failed: int = 0
 
   def n_opt(self, compute: Any) -> np.ndarray:
     """Compute-optimal parameters at `compute` FLOPs (float64, the shape of `compute`)."""
@@ -255,12 +263,14 @@ class IsoflopFit:
     return self.d_coefficient * np.asarray(compute, dtype=np.float64) ** self.d_exponent
 
   def to_dict(self) -> dict[str, Any]:
+    values = {"a": self.n_exponent, "G": self.n_coefficient, "b": self.d_exponent, "G_prime": self.d_coefficient}
     return {
         "kind": "isoflop", "law": "N_opt = G C^a, D_opt = G' C^b",
-        "a": self.n_exponent, "G": self.n_coefficient, "b": self.d_exponent, "G_prime": self.d_coefficient,
+        **{k: _estimate(v, self.intervals.get(k)) for k, v in values.items()},
+        "level": self.level, "bootstrap": {"fits": self.bootstrap_fits, "failed": self.bootstrap_failed},
         "n_r2": self.n_r2, "d_r2": self.d_r2,
         "budgets": [{"name": b.name, "compute": b.compute, "runs": len(b.n), "sizes": len(np.unique(b.n)),
-                     "n_opt": b.n_opt, "d_opt": b.d_opt,
+                     "n_opt": _estimate(b.n_opt, self.intervals.get("n_opt:" + b.name)), "d_opt": b.d_opt,
                      "loss_opt": b.loss_opt, "extrapolated": b.extrapolated, "parabola_ln_n": list(b.coefficients)}
                     for b in self.budgets],
         "refused": dict(self.refused), "excluded": list(self.excluded)}
@@ -274,17 +284,75 @@ def _group_budgets(compute: np.ndarray, rtol: float) -> list[np.ndarray]:
   return np.split(order, breaks)
 
 
+def _parabola_minimum(ns: np.ndarray, ls: np.ndarray, min_sizes: int) -> tuple[np.ndarray, float] | str:
+  """(coefficients, n_opt) of the parabola of `ls` in ln `ns`, or why there is none."""
+  sizes = np.unique(ns)
+  if len(sizes) < min_sizes:
+    return (f"{len(sizes)} distinct model size{'s' if len(sizes) != 1 else ''} "
+            f"({', '.join(f'{s:.3g}' for s in sizes)}); a parabola needs at least {min_sizes}")
+  coefficients = np.polyfit(np.log(ns), ls, 2)
+  c2, c1, _ = coefficients
+  if not c2 > 0:
+    return f"the parabola in ln N opens downward (curvature {c2:.3g}): no minimum"
+  return coefficients, float(np.exp(-c1 / (2 * c2)))
+
+
+def _isoflop_bootstrap(budgets: Sequence[IsoflopBudget], draws: int, level: float, seed: int,
+                       min_sizes: int) -> tuple[dict[str, tuple[float, float]], int, int]:
+  """Percentile intervals of a, G, b, G_prime and each budget's n_opt from a residual bootstrap: each refit adds
+  residuals drawn with replacement from all parabolas' residuals (scaled by sqrt(m / (m - 3 * budgets)) for the
+  coefficients they fitted) to every parabola's values at its runs. Resampling the runs themselves would need
+  repeated sizes: with one run per size, most resamples lose a size. (intervals, refits used, refits without a
+  frontier); no intervals when the parabolas fit their runs exactly (3 sizes per budget)."""
+  fitted = [budget.predict(budget.n) for budget in budgets]
+  residuals = np.concatenate([budget.loss - f for budget, f in zip(budgets, fitted)])
+  free = len(residuals) - 3 * len(budgets)
+  if draws == 0 or free <= 0:
+    return {}, 0, 0
+  residuals = residuals * math.sqrt(len(residuals) / free)
+  rng = np.random.default_rng(seed)
+  c = np.array([b.compute for b in budgets])
+  rows, failed = [], 0
+  for _ in range(draws):
+    n_opts = []
+    for budget, values in zip(budgets, fitted):
+      found = _parabola_minimum(budget.n, values + rng.choice(residuals, len(values)), min_sizes)
+      if isinstance(found, str):
+        break
+      n_opts.append(found[1])
+    if len(n_opts) < len(budgets):
+      failed += 1
+      continue
+    n_opts = np.array(n_opts)
+    a, log_g, _ = _loglog_line(c, n_opts)
+    b, log_g2, _ = _loglog_line(c, c / (FLOPS_PER_PARAM_TOKEN * n_opts))
+    rows.append([a, math.exp(log_g), b, math.exp(log_g2), *n_opts])
+  if not rows:
+    return {}, 0, failed
+  q = [(1 - level) / 2, (1 + level) / 2]
+  lows, highs = np.quantile(np.array(rows), q, axis=0)
+  names = ["a", "G", "b", "G_prime"] + ["n_opt:" + b.name for b in budgets]
+  return {k: (float(lo), float(hi)) for k, lo, hi in zip(names, lows, highs)}, len(rows), failed
+
+
 def fit_isoflops(n: Any, d: Any, loss: Any, compute: Any = None, *, min_sizes: int = 3,
-                 budget_rtol: float = BUDGET_RTOL) -> IsoflopFit:
+                 budget_rtol: float = BUDGET_RTOL, bootstrap: int = 0, level: float = 0.9,
+                 seed: int = 0) -> IsoflopFit:
   """Hoffmann et al. Approach 2 from runs grouped by compute budget.
 
   n: float [m] parameters; d: float [m] training tokens; loss: float [m] final losses; compute: float [m] FLOPs
   per run, default 6 n d. Runs whose budgets differ by less than `budget_rtol` (relative) form one budget.
   A budget needs `min_sizes` (>= 3) distinct model sizes and a parabola that opens upward, else it is refused by
   name (warned, and listed in `refused`); the fit needs 2 budgets that give a minimum.
+  bootstrap: refits with the parabolas' residuals resampled (generator seeded by `seed`); their `level` central
+  percentile intervals cover a, G, b, G_prime and each budget's n_opt.
   """
   if min_sizes < 3:
     raise ValueError(f"a parabola has 3 coefficients: min_sizes must be at least 3; got {min_sizes}")
+  if bootstrap < 0:
+    raise ValueError(f"bootstrap must be >= 0; got {bootstrap}")
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1); got {level}")
   columns = {"n": n, "d": d}
   if compute is not None:
     columns["compute"] = compute
@@ -296,23 +364,15 @@ def fit_isoflops(n: Any, d: Any, loss: Any, compute: Any = None, *, min_sizes: i
     c = float(np.exp(np.mean(np.log(cs[group]))))
     name = budget_name(c)
     order = group[np.argsort(ns[group], kind="stable")]
-    sizes = np.unique(ns[order])
-    if len(sizes) < min_sizes:
-      refused[name] = (f"{len(sizes)} distinct model size{'s' if len(sizes) != 1 else ''} "
-                       f"({', '.join(f'{s:.3g}' for s in sizes)}); a parabola needs at least {min_sizes}")
+    found = _parabola_minimum(ns[order], ls[order], min_sizes)
+    if isinstance(found, str):
+      refused[name] = found
       continue
-    x = np.log(ns[order])
-    coefficients = np.polyfit(x, ls[order], 2)
-    c2, c1, _ = coefficients
-    if not c2 > 0:
-      refused[name] = f"the parabola in ln N opens downward (curvature {c2:.3g}): no minimum"
-      continue
-    x_opt = -c1 / (2 * c2)
-    n_opt = float(np.exp(x_opt))
+    coefficients, n_opt = found
     budgets.append(IsoflopBudget(
         compute=c, n=ns[order], loss=ls[order], coefficients=tuple(float(v) for v in coefficients), n_opt=n_opt,
-        d_opt=c / (FLOPS_PER_PARAM_TOKEN * n_opt), loss_opt=float(np.polyval(coefficients, x_opt)),
-        extrapolated=not sizes[0] <= n_opt <= sizes[-1]))
+        d_opt=c / (FLOPS_PER_PARAM_TOKEN * n_opt), loss_opt=float(np.polyval(coefficients, math.log(n_opt))),
+        extrapolated=not ns[order][0] <= n_opt <= ns[order][-1]))
   if refused:
     warnings.warn("IsoFLOP budgets refused: " + "; ".join(f"{k}: {v}" for k, v in refused.items()), RuntimeWarning,
                   stacklevel=2)
@@ -328,8 +388,9 @@ def fit_isoflops(n: Any, d: Any, loss: Any, compute: Any = None, *, min_sizes: i
   c = np.array([b.compute for b in budgets])
   a, log_g, n_r2 = _loglog_line(c, np.array([b.n_opt for b in budgets]))
   b_exp, log_g2, d_r2 = _loglog_line(c, np.array([b.d_opt for b in budgets]))
+  intervals, fits, failed = _isoflop_bootstrap(budgets, bootstrap, level, seed, min_sizes)
   return IsoflopFit(tuple(budgets), refused, a, float(np.exp(log_g)), b_exp, float(np.exp(log_g2)), n_r2, d_r2,
-                    runs.excluded)
+                    runs.excluded, level, intervals, fits, failed)
 
 
 # ----------------------------------------------------------------------------------------------------------------

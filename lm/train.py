@@ -492,12 +492,14 @@ def run(config: ml_collections.ConfigDict,
     _log(f"resumed from step {latest} ({checkpointer.step_dir(latest)})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
-  flops_per_token = metrics_lib.flops_per_token(config.model, seq_len)
+  compute = params_lib.training_compute(config)
+  flops_per_token = compute["flops_per_token"]
   peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   if is_main:
     run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count(), mfu_basis={
         "flops_per_token": flops_per_token, "formula": "6N + attention (lm.params.flops_per_token)",
-        "peak_flops_per_device": peak, "peak_source": peak_source, "devices": jax.device_count()})
+        "peak_flops_per_device": peak, "peak_source": peak_source, "devices": jax.device_count()},
+        compute=compute)
   param_count = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   _log(f"model: {param_count:,} parameters")
   layout = params_lib.sharding_report(config, dict(mesh.shape))
@@ -511,6 +513,9 @@ def run(config: ml_collections.ConfigDict,
     writer.event(int(state.step), "config_changed", changes={k: list(v) for k, v in changed.items()})
   if latest is not None:
     writer.event(latest, "resumed", checkpoint=checkpointer.step_dir(latest), batch=data_iterator.step)
+  _log(f"compute: N = {compute['params_total']:,.0f} parameters ({compute['params_non_embedding']:,.0f} "
+       f"non-embedding), D = {compute['tokens']:,.0f} tokens, C = 6ND = {compute['compute_6nd']:.3e} FLOPs "
+       f"(6ND non-embedding {compute['compute_6nd_non_embedding']:.3e}; with attention {compute['compute']:.3e})")
   _log(f"MFU uses {flops_per_token / 1e6:.1f} MFLOP/token (6N + attention) against {peak / 1e9:,.0f} GFLOP/s "
        f"per device ({peak_source})")
 
@@ -580,6 +585,10 @@ def run(config: ml_collections.ConfigDict,
         "perf/checkpoint_seconds": timers["checkpoint"], "perf/eval_seconds": timers["eval"],
         "perf/tokens_per_second": tokens_per_step / training_seconds,
         "perf/mfu": flops_per_token * tokens_per_step / training_seconds / (peak * jax.device_count()),
+        # Cumulative, so that loss curves can be drawn against compute (C = 6ND and the full count).
+        "compute/tokens": metrics_step * tokens_per_step,
+        "compute/flops_6nd": 6 * compute["params_total"] * metrics_step * tokens_per_step,
+        "compute/flops": flops_per_token * metrics_step * tokens_per_step,
         **metrics_lib.memory_scalars()})
     # The realised mixture: closed-form counts of the rows each source gave to batches 0 .. batch_index.
     for name, entry in data.stream.report(batch_index + 1).items():
@@ -720,5 +729,8 @@ def run(config: ml_collections.ConfigDict,
   _log("realised mixture (share of rows, epochs):  " + ", ".join(
       f"{name} {e['share']:.3f} / {e['epochs']:.2f}" for name, e in data.stream.report(data_iterator.step).items()))
   _log(f"final: step={step} val_loss={val_loss:.4f} unigram_entropy={data.unigram_entropy:.4f}")
+  if is_main:
+    run_dir_lib.write_result(run_dir, {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy,
+                                       "compute": compute, "events": events})
   return {"step": step, "val_loss": val_loss, "unigram_entropy": data.unigram_entropy, "sample": sample_text,
           "resumed_from": latest, "events": events, "preempted": None}

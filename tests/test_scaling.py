@@ -131,6 +131,31 @@ def test_isoflops_exponents(name):
     assert flops(budget.n_opt, budget.d_opt) == pytest.approx(budget.compute)
 
 
+def test_isoflop_bootstrap_intervals_contain_the_estimates_and_the_true_exponent():
+  law = CHINCHILLA
+  n, d, loss, c = synthetic(law, seeds_per_run=1)
+  fit = scaling.fit_isoflops(n, d, loss, bootstrap=100, seed=1)
+  assert fit.bootstrap_fits + fit.bootstrap_failed == 100 and fit.bootstrap_fits >= 90
+  for name, value in (("a", fit.n_exponent), ("b", fit.d_exponent), ("G", fit.n_coefficient),
+                      ("G_prime", fit.d_coefficient)):
+    low, high = fit.intervals[name]
+    assert low < value < high, name
+  low, high = fit.intervals["a"]
+  assert low <= law[4] / (law[3] + law[4]) <= high and high - low < 0.2
+  for budget in fit.budgets:
+    low, high = fit.intervals["n_opt:" + budget.name]
+    assert low < budget.n_opt < high
+  value = json.loads(scaling.to_json(fit))
+  assert value["a"]["low"] == pytest.approx(fit.intervals["a"][0]) and value["bootstrap"]["fits"] == fit.bootstrap_fits
+  assert value["budgets"][0]["n_opt"]["high"] == pytest.approx(fit.intervals["n_opt:" + fit.budgets[0].name][1])
+  # Three sizes per budget: each parabola fits its runs exactly, no residuals to resample, no intervals.
+  three = np.concatenate([np.flatnonzero(c == budget)[:3] for budget in BUDGETS])
+  exact = scaling.fit_isoflops(n[three], d[three], loss[three], bootstrap=20)
+  assert exact.intervals == {} and exact.bootstrap_fits == 0
+  with pytest.raises(ValueError, match="bootstrap must be >= 0"):
+    scaling.fit_isoflops(n, d, loss, bootstrap=-1)
+
+
 def test_power_law_recovers_kaplan_exactly():
   n = np.logspace(6, 10, 7)
   fit = scaling.fit_power_law(n, (8.8e13 / n) ** 0.076, variable="N")

@@ -246,3 +246,30 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tiny_config, 
                           jax.tree_util.tree_leaves(whole_params), strict=True):
     relative = np.linalg.norm(a - b) / np.linalg.norm(b)
     assert relative <= tolerance, (jax.tree_util.keystr(path), relative)
+
+
+def test_a_completed_run_records_n_d_and_c_in_run_json_result_json_and_the_metrics(trained_run):
+  from lm import params as params_lib  # pylint: disable=import-outside-toplevel
+  from lm import run_dir as run_dir_lib  # pylint: disable=import-outside-toplevel
+  config = run_dir_lib.load_config(trained_run)
+  counts = params_lib.count_parameters(config.model)
+  tokens = config.train.steps * config.train.global_batch_size * config.data.seq_len
+  per_token = params_lib.flops_per_token(config.model, config.data.seq_len)["total"]
+  with open(f"{trained_run}/run.json") as f:
+    compute = json.load(f)["compute"]
+  assert compute["params_total"] == counts["total"] and compute["params_non_embedding"] == counts["non_embedding"]
+  assert compute["tokens"] == tokens
+  assert compute["compute_6nd"] == 6 * counts["total"] * tokens
+  assert compute["compute_6nd_non_embedding"] == 6 * counts["non_embedding"] * tokens
+  assert compute["compute"] == pytest.approx(per_token * tokens) and compute["compute"] > compute["compute_6nd"]
+  result = run_dir_lib.read_result(trained_run)
+  assert result["step"] == config.train.steps and result["compute"] == compute
+  with open(f"{trained_run}/metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  last = [r for r in rows if "compute/flops" in r][-1]
+  assert last["step"] == config.train.steps and last["compute/tokens"] == tokens
+  assert last["compute/flops_6nd"] == pytest.approx(compute["compute_6nd"])
+  assert last["compute/flops"] == pytest.approx(compute["compute"])
+  # The params report states the same run totals.
+  report = params_lib.report(config, {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1})
+  assert f"{compute['compute_6nd']:.3e}" in report and f"{tokens:,.0f}" in report
