@@ -729,6 +729,7 @@ def _plot_isoflops(fig, isoflop: IsoflopFit, parametric: ParametricFit | None) -
 
 def _plot_frontier(fig, isoflop: IsoflopFit | None, parametric: ParametricFit | None,
                    extend_to: float | None) -> None:
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   compute = _compute_span(isoflop, parametric, extend_to)
   axes = fig.subplots(1, 2)
   for ax, which, label in ((axes[0], 0, "parameters N_opt"), (axes[1], 1, "tokens D_opt")):
@@ -755,6 +756,8 @@ def _plot_frontier(fig, isoflop: IsoflopFit | None, parametric: ParametricFit | 
       ax.axvline(extend_to, color="0.4", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Within one decade matplotlib labels the minor ticks too, and on a half-width panel they overlap.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("compute C (FLOPs)")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
