@@ -49,6 +49,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from lm import metrics as metrics_lib
 from lm import params as params_lib
 from lm import run_dir as run_dir_lib
 from lm import scaling
@@ -359,11 +360,6 @@ def launch_command(out_dir: str, run: dict[str, Any]) -> list[str]:
   return [sys.executable, "-m", "lm.launch", "--config", config_path(out_dir, run["name"])]
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def run_local(out_dir: str, plan: dict[str, Any], only: Sequence[str] = (), log=print) -> dict[str, str]:
   """Runs the plan's unfinished runs one after another, smallest compute first; returns run name -> status.
 
@@ -406,8 +402,8 @@ def run_local(out_dir: str, plan: dict[str, Any], only: Sequence[str] = (), log=
       with open(os.path.join(run_dir_of(run), "sweep_status.json"), "w") as f:
         json.dump({"status": "diverged", "exit_status": code, "log": log_path, "reason": _last_line(log_path)}, f)
     elif code != 0:
-      raise RuntimeError(f"run {name} failed with exit status {code} after {_format_seconds(seconds)}; see "
-                         f"{log_path}: {_last_line(log_path)} (the sweep continues from it when run again)")
+      raise RuntimeError(f"run {name} failed with exit status {code} after {metrics_lib.format_duration(seconds)}; "
+                         f"see {log_path}: {_last_line(log_path)} (the sweep continues from it when run again)")
     statuses[name] = run_status(run)
     computed += run["compute"]
     done += run["compute"]
@@ -415,8 +411,9 @@ def run_local(out_dir: str, plan: dict[str, Any], only: Sequence[str] = (), log=
     result = run_dir_lib.read_result(run_dir_of(run)) or {}
     loss = result.get("val_loss")
     loss_text = f"val_loss {loss:.4f}" if loss is not None else "no result"
-    log(f"[{index}/{len(todo)}] {name}: {statuses[name]} in {_format_seconds(seconds)}, {loss_text}; sweep "
-        f"{100 * done / total:.0f}% of FLOPs, {rate:.3g} FLOP/s, ETA {_format_seconds((total - done) / rate)}")
+    eta = metrics_lib.format_duration((total - done) / rate)
+    log(f"[{index}/{len(todo)}] {name}: {statuses[name]} in {metrics_lib.format_duration(seconds)}, {loss_text}; "
+        f"sweep {100 * done / total:.0f}% of FLOPs, {rate:.3g} FLOP/s, ETA {eta}")
   return statuses
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 from experiments import scaling as sweep
+from lm import metrics as metrics_lib
 from lm import scaling
 
 BASE = "configs/scaling_demo.py"
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     print(f"held-out {prediction['run']}: predicted {prediction['predicted_loss']:.4f}, measured "
           f"{prediction['measured_loss']}, error {100 * error:+.2f}% "
           f"({'within' if within else 'NOT within'} {TOLERANCE:.0%})")
-  print(f"scaling demo done in {sweep._format_seconds(time.time() - start)}")  # pylint: disable=protected-access
+  print(f"scaling demo done in {metrics_lib.format_duration(time.time() - start)}")
   return 0 if ok else 1
 
 
