@@ -51,6 +51,7 @@ import numpy as np
 
 from lm import metrics as metrics_lib
 from lm import params as params_lib
+from lm import report as report_lib
 from lm import run_dir as run_dir_lib
 from lm import scaling
 
@@ -176,6 +177,11 @@ def shape_ladder(base: ml_collections.ConfigDict, aspect: float, max_params: flo
     width += m.head_dim
 
 
+def nearest_shape(shapes: Sequence[Shape], params: float) -> Shape:
+  """The shape whose total parameter count is nearest `params` in log N."""
+  return min(shapes, key=lambda shape: abs(math.log(shape.params_total / params)))
+
+
 def parse_count(text: str) -> float:
   """'120k', '1.6M', '2e9', '1B' -> a positive float."""
   match = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", text)
@@ -200,7 +206,7 @@ def resolve_sizes(base: ml_collections.ConfigDict, sizes: Sequence[str], aspect:
       shapes.append(make_shape(base, int(explicit.group(1)), int(explicit.group(2))))
       continue
     target = counts[text]
-    nearest = min(ladder, key=lambda s: abs(math.log(s.params_total / target)))
+    nearest = nearest_shape(ladder, target)
     if abs(nearest.params_total / target - 1) > tolerance:
       raise PlanError(f"--sizes {text}: the nearest model of the shape ladder (aspect ratio {aspect:g}, widths in "
                       f"steps of {base.model.head_dim}) has {nearest.params_total:,} parameters ({nearest.text}), "
@@ -280,10 +286,7 @@ def write_plan(out_dir: str, base_path: str, runs: list[dict[str, Any]], append:
   for run in runs:
     with open(config_path(out_dir, run["name"]), "w") as f:
       f.write(_config_file(out_dir, base_path, run))
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(plan, f, indent=1)
-  os.replace(tmp, path)
+  run_dir_lib.write_json(path, plan)
   return plan
 
 
@@ -342,18 +345,9 @@ def run_status(run: dict[str, Any]) -> str:
   if result is not None and result.get("step") == run["fields"]["train.steps"]:
     loss = result.get("val_loss")
     return "finished" if loss is not None and math.isfinite(loss) else "diverged"
-  if _read_json(os.path.join(directory, "sweep_status.json")).get("status") == "diverged":
+  if (report_lib.read_json(os.path.join(directory, "sweep_status.json")) or {}).get("status") == "diverged":
     return "diverged"
   return "started" if os.path.isdir(os.path.join(directory, "checkpoints")) else "pending"
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      value = json.load(f)
-    return value if isinstance(value, dict) else {}
-  except (OSError, ValueError):
-    return {}
 
 
 def launch_command(out_dir: str, run: dict[str, Any]) -> list[str]:
@@ -399,8 +393,9 @@ def run_local(out_dir: str, plan: dict[str, Any], only: Sequence[str] = (), log=
       raise PlanError(f"run {name}: config error (see {log_path}): {_last_line(log_path)}")
     if code == GUARD_STOPPED_EXIT and run_dir_lib.read_result(run_dir_of(run)) is None:
       os.makedirs(run_dir_of(run), exist_ok=True)
-      with open(os.path.join(run_dir_of(run), "sweep_status.json"), "w") as f:
-        json.dump({"status": "diverged", "exit_status": code, "log": log_path, "reason": _last_line(log_path)}, f)
+      run_dir_lib.write_json(os.path.join(run_dir_of(run), "sweep_status.json"),
+                             {"status": "diverged", "exit_status": code, "log": log_path,
+                              "reason": _last_line(log_path)})
     elif code != 0:
       raise RuntimeError(f"run {name} failed with exit status {code} after {metrics_lib.format_duration(seconds)}; "
                          f"see {log_path}: {_last_line(log_path)} (the sweep continues from it when run again)")
@@ -541,11 +536,9 @@ def fit_sweep(out_dir: str, plan: dict[str, Any], *, bootstrap: int, seed: int, 
     predicted = float(parametric.predict(c.n[i], c.d[i]))
     entry = {"run": c.names[i], "status": c.status[i], "n": c.n[i], "d": c.d[i], "compute_6nd": c.compute[i],
              "predicted_loss": predicted, "measured_loss": None, "relative_error": None}
-    if len(parametric.bootstrap_params):
-      q = [(1 - parametric.level) / 2, (1 + parametric.level) / 2]
-      p = parametric.bootstrap_params
-      draws = p[:, 0] + p[:, 1] / c.n[i] ** p[:, 3] + p[:, 2] / c.d[i] ** p[:, 4]
-      entry["predicted_interval"] = [float(v) for v in np.nanquantile(draws, q)]
+    interval = parametric.predict_interval(c.n[i], c.d[i])
+    if interval is not None:
+      entry["predicted_interval"] = list(interval)
     if c.status[i] == "finished":
       entry["measured_loss"] = float(c.loss[i])
       entry["relative_error"] = (predicted - c.loss[i]) / c.loss[i]
@@ -621,27 +614,16 @@ def fit_table(out: dict[str, Any], c: Collected) -> str:
 def loss_curve(run: dict[str, Any], smooth: int = 20) -> tuple[np.ndarray, np.ndarray] | None:
   """(cumulative FLOPs C = 6ND, training loss smoothed over `smooth` steps) of a run's metrics.jsonl, or None."""
   path = os.path.join(run_dir_of(run), "metrics.jsonl")
-  steps, losses = {}, {}
-  try:
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue
-        if "train/loss" in row and "step" in row:
-          steps[row["step"]] = row.get("compute/flops_6nd", math.nan)
-          losses[row["step"]] = row["train/loss"]
-  except OSError:
+  if not os.path.exists(path):
     return None
-  if not losses:
+  metrics = report_lib.read_metrics(path)  # the last value of each step wins: a resumed run replays steps
+  losses, flops = metrics.get("train/loss"), metrics.get("compute/flops_6nd")
+  if losses is None or flops is None:
     return None
-  order = sorted(losses)  # a resumed run rewrites the steps after its checkpoint: the last value of each wins
-  flops = np.array([steps[s] for s in order], dtype=np.float64)
-  loss = np.array([losses[s] for s in order], dtype=np.float64)
+  _, at_loss, at_flops = np.intersect1d(losses[0], flops[0], return_indices=True)
+  loss, flops = losses[1][at_loss], flops[1][at_flops]
   if smooth > 1 and len(loss) > smooth:
-    kernel = np.ones(smooth) / smooth
-    loss = np.convolve(loss, kernel, mode="valid")
+    loss = np.convolve(loss, np.ones(smooth) / smooth, mode="valid")
     flops = flops[smooth - 1:]
   return flops, loss
 

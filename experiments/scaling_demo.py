@@ -14,7 +14,6 @@ Every step is resumable: run the command again after an interruption and finishe
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
     law = scaling.fit_parametric(runs.n[finished], runs.d[finished], runs.loss[finished])
     n_opt = scaling.compute_optimal(law, HOLDOUT_BUDGET).n_opt
     candidates = [sweep.make_shape(base, w, d) for w in HOLDOUT_WIDTHS for d in HOLDOUT_DEPTHS]
-    shape = min(candidates, key=lambda s: abs(math.log(s.params_total / n_opt)))
+    shape = sweep.nearest_shape(candidates, n_opt)
     print(f"held-out run: Approach 3 gives N_opt {n_opt:,.0f} at C = {HOLDOUT_BUDGET:.3g}; nearest shape "
           f"{shape.text} ({shape.params_total:,} parameters)")
     runs = sweep.plan_runs(BASE, settings, [shape], budgets=(HOLDOUT_BUDGET,), out_dir=args.out,
@@ -83,8 +82,9 @@ def main(argv=None) -> int:
     error = prediction["relative_error"]
     within = error is not None and abs(error) <= TOLERANCE
     ok &= within
-    print(f"held-out {prediction['run']}: predicted {prediction['predicted_loss']:.4f}, measured "
-          f"{prediction['measured_loss']}, error {100 * error:+.2f}% "
+    measured = (f"measured {prediction['measured_loss']:.4f}, error {100 * error:+.2f}%" if error is not None
+                else f"not measured ({prediction['status']})")
+    print(f"held-out {prediction['run']}: predicted {prediction['predicted_loss']:.4f}, {measured} "
           f"({'within' if within else 'NOT within'} {TOLERANCE:.0%})")
   print(f"scaling demo done in {metrics_lib.format_duration(time.time() - start)}")
   return 0 if ok else 1

@@ -112,7 +112,7 @@ def read_metrics(path: str) -> Metrics:
   return Metrics(scalars=scalars, events=events, malformed=malformed, first_malformed_line=first_malformed)
 
 
-def _read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
   """The JSON object in `path`, None when it is missing or unreadable (a report never fails on these)."""
   try:
     with open(path, encoding="utf-8") as f:
@@ -266,8 +266,8 @@ def summarize(run_dir: str, *, metrics: Metrics | None = None, plots: Sequence[s
   """
   if metrics is None:
     metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-  config = _read_json(os.path.join(run_dir, "config.json"))
-  run_info = _read_json(os.path.join(run_dir, "run.json"))
+  config = read_json(os.path.join(run_dir, "config.json"))
+  run_info = read_json(os.path.join(run_dir, "run.json"))
   lines = [_run_line(run_dir, run_info)]
   model_line, tokens_per_step = _model_line(config)
   lines.append(model_line)

@@ -201,13 +201,13 @@ def record_launch(run_dir: str, changed: dict[str, tuple[Any, Any]], resumed_fro
       "time": time.time(), "host": socket.gethostname(), "processes": process_count, "command": sys.argv,
       "git_revision": revision, "git_dirty": dirty, "resumed_from": resumed_from,
       "config_changes": {k: list(v) for k, v in changed.items()}, "mfu_basis": mfu_basis})
-  _write_json(path, record)
+  write_json(path, record)
 
 
 def write_result(run_dir: str, result: dict[str, Any]) -> None:
   """Writes result.json: the end of a completed training run (final step, validation loss, compute, guard
   events). Sweeps read it to tell finished runs from interrupted ones; it is replaced by every completed launch."""
-  _write_json(os.path.join(run_dir, RESULT), result)
+  write_json(os.path.join(run_dir, RESULT), result)
 
 
 def read_result(run_dir: str) -> dict[str, Any] | None:
@@ -219,7 +219,7 @@ def read_result(run_dir: str) -> dict[str, Any] | None:
     return None
 
 
-def _write_json(path: str, value: Any) -> None:
+def write_json(path: str, value: Any) -> None:
   """Writes `value` as JSON to `path` atomically (a reader sees the old file or the whole new one)."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

@@ -127,6 +127,11 @@ def _nonfinite_to_none(value: Any) -> Any:
   return value
 
 
+def _central(level: float) -> list[float]:
+  """The lower and upper quantiles of a central interval of probability `level`."""
+  return [(1 - level) / 2, (1 + level) / 2]
+
+
 def _estimate(value: float, interval: tuple[float, float] | None) -> dict[str, float | None]:
   low, high = interval if interval is not None else (None, None)
   return {"value": value, "low": low, "high": high}
@@ -329,8 +334,7 @@ def _isoflop_bootstrap(budgets: Sequence[IsoflopBudget], draws: int, level: floa
     rows.append([a, math.exp(log_g), b, math.exp(log_g2), *n_opts])
   if not rows:
     return {}, 0, failed
-  q = [(1 - level) / 2, (1 + level) / 2]
-  lows, highs = np.quantile(np.array(rows), q, axis=0)
+  lows, highs = np.quantile(np.array(rows), _central(level), axis=0)
   names = ["a", "G", "b", "G_prime"] + ["n_opt:" + b.name for b in budgets]
   return {k: (float(lo), float(hi)) for k, lo, hi in zip(names, lows, highs)}, len(rows), failed
 
@@ -503,6 +507,16 @@ class ParametricFit:
     n, d = np.asarray(n, dtype=np.float64), np.asarray(d, dtype=np.float64)
     return self.E + self.A / n ** self.alpha + self.B / d ** self.beta
 
+  def predict_interval(self, n: float, d: float) -> tuple[float, float] | None:
+    """The `level` central interval of the bootstrap refits' losses at n parameters and d tokens; None without
+    bootstrap refits."""
+    if not len(self.bootstrap_params):
+      return None
+    big_e, big_a, big_b, alpha, beta = self.bootstrap_params.T
+    draws = big_e + big_a / n ** alpha + big_b / d ** beta
+    low, high = np.nanquantile(draws, _central(self.level))
+    return float(low), float(high)
+
   def to_dict(self) -> dict[str, Any]:
     values = dict(zip(PARAMS + DERIVED, np.concatenate([self.params, _derived(self.params)])))
     return {
@@ -605,7 +619,7 @@ def _fit_parametric(runs: _Runs, delta: float, starts: np.ndarray, max_starts: i
   bootstrap_params = _params(np.array(samples).reshape(-1, 5))
   intervals = {}
   if len(bootstrap_params):
-    q = [(1 - level) / 2, (1 + level) / 2]
+    q = _central(level)
     values = np.concatenate([bootstrap_params, _derived(bootstrap_params)], axis=1)
     lows, highs = np.nanquantile(values, q, axis=0)
     intervals = {k: (float(lo), float(hi)) for k, lo, hi in zip(PARAMS + DERIVED, lows, highs)}
@@ -666,8 +680,7 @@ def compute_optimal(fit: ParametricFit, compute: float) -> Allocation:
   values = _allocate(fit.params, compute)
   intervals = {}
   if len(fit.bootstrap_params):
-    q = [(1 - fit.level) / 2, (1 + fit.level) / 2]
-    lows, highs = np.nanquantile(_allocate(fit.bootstrap_params, compute), q, axis=0)
+    lows, highs = np.nanquantile(_allocate(fit.bootstrap_params, compute), _central(fit.level), axis=0)
     intervals = {k: (float(lo), float(hi)) for k, lo, hi in zip(names, lows, highs)}
   return Allocation(float(compute), *(float(v) for v in values), fit.level, intervals)
 
@@ -748,7 +761,7 @@ def _plot_frontier(fig, isoflop: IsoflopFit | None, parametric: ParametricFit | 
       exponent = parametric.a if which == 0 else parametric.b
       ax.plot(compute, values, "--", color="tab:red", label=f"Approach 3: C^{exponent:.3f}")
       if len(parametric.bootstrap_params):
-        q = [(1 - parametric.level) / 2, (1 + parametric.level) / 2]
+        q = _central(parametric.level)
         band = np.nanquantile(_allocate(parametric.bootstrap_params[:, None, :], compute)[..., which], q, axis=0)
         ax.fill_between(compute, band[0], band[1], color="tab:red", alpha=0.15,
                         label=f"{parametric.level:.0%} bootstrap")
