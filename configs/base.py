@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.sliding_window = 0  # 'local' layers see keys fewer than this many positions away (causal: the last this many)
   model.attention_pattern = ("global",)  # 'global' | 'local' per layer, repeated over depth (length divides num_layers)
   model.attention_impl = "auto"  # xla | dot_product_attention (jax.nn: cuDNN flash on GPU) | blockwise | auto
+  model.attention_query_chunk = 0  # xla causal attention in query chunks of this many, each over the keys up to its end (0 = one block)
   model.attention_block_size = 512  # query and key block of blockwise attention (never builds the seq x seq matrix)
   model.blockwise_min_seq_len = 1024  # auto: blockwise from this length on (but cuDNN on GPU with 16-bit compute)
   model.num_experts = 0  # experts of MoE MLP layers; 0 = every MLP dense
@@ -48,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.tie_embeddings = True  # output projection is the transposed input embedding
   model.init_scheme = "scaled_output"  # normal | scaled_output (residual outputs / sqrt(2L)) | fan_in (1/sqrt(fan_in))
   model.init_std = 0.02  # std of the normal init of embeddings and kernels (normal and scaled_output schemes)
+  model.unroll_layers = False  # unroll the scan over depth: same parameters, no per-layer slicing or stacking; compile time grows with depth
   model.remat_policy = "none"  # activation recomputation per layer: none | full | save_matmuls (keep matmul outputs)
   model.param_dtype = "float32"  # dtype of parameters (the master weights)
   model.compute_dtype = "auto"  # dtype of matmuls and activations; auto = float32 on CPU, bfloat16 on GPU / TPU

@@ -13,6 +13,8 @@ Three implementations compute the same function (`model.attention_impl`):
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,7 +46,60 @@ def attention_mask(q_index, k_index, q_segment, k_segment, *, causal: bool, wind
   return allowed
 
 
-def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _softmax_attention(q, k, v, mask, bias, softcap: float):
+  """softmax(cap(q . k / sqrt(head_dim)) + bias, masked) . v, with a hand-written backward pass.
+
+  Args:
+    q: [batch, kv_heads, group, q_len, head_dim]; k, v: [batch, kv_heads, k_len, head_dim].
+    mask: bool, broadcastable to [batch, kv_heads, group, q_len, k_len]; False hides a key.
+    bias: None or float32 logits offsets of that shape (ALiBi; a constant, it gets no gradient).
+    softcap: 0, or c of logits -> c * tanh(logits / c).
+
+  Returns:
+    [batch, kv_heads, group, q_len, head_dim], dtype of `v`.
+
+  The backward pass reuses the saved probabilities: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)),
+  dQ = dS K, dK = dS^T Q. Differentiating through the mask, the max subtraction and the
+  normalisation instead costs about a third more time on CPU (README, "Performance").
+  """
+  return _softmax_attention_forward(q, k, v, mask, bias, softcap)[0]
+
+
+def _softmax_attention_forward(q, k, v, mask, bias, softcap):
+  head_dim = q.shape[-1]
+  logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) / np.float32(np.sqrt(head_dim))
+  capped = None
+  if softcap > 0:
+    capped = jnp.tanh(logits / softcap)
+    logits = softcap * capped
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v)
+  return out, (q, k, v, probs, capped, out)
+
+
+def _softmax_attention_backward(softcap, residuals, d_out):
+  q, k, v, probs, capped, out = residuals
+  d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(v.dtype), d_out.astype(v.dtype))
+  d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_logits = probs * (d_probs - row)  # hidden keys have probability 0, hence gradient 0
+  if capped is not None:
+    d_logits = d_logits * (1.0 - jnp.square(capped))
+  d_logits = d_logits / np.float32(np.sqrt(q.shape[-1]))
+  d_q = jnp.einsum("bkgts,bksd->bkgtd", d_logits.astype(q.dtype), k)
+  d_k = jnp.einsum("bkgts,bkgtd->bksd", d_logits.astype(k.dtype), q)
+  return d_q, d_k, d_v, None, None
+
+
+_softmax_attention.defvjp(_softmax_attention_forward, _softmax_attention_backward)
+
+
+def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap,
+                  query_chunk: int = 0):
   """Attention with the full logits matrix, softmax in float32.
 
   Args:
@@ -53,6 +108,9 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, wi
     q_index, k_index, q_segment, k_segment: see `attention_mask`.
     alibi_slopes: None or [num_heads] float32; logits -= slope * |q_index - k_index|.
     softcap: if > 0, logits = softcap * tanh(logits / softcap) (before the ALiBi bias).
+    query_chunk: if > 0, self-attention over a row (q_index == k_index == 0, 1, ...) that is causal: the
+      queries are cut into chunks of this many and chunk i attends only to the keys up to its own end (and
+      from its start minus the window on local layers), skipping the logits the mask would hide anyway.
 
   Returns:
     [batch, q_len, num_heads, head_dim], dtype of `q`.
@@ -60,22 +118,34 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, wi
   batch, q_len, num_heads, head_dim = q.shape
   num_kv_heads = k.shape[2]
   group = num_heads // num_kv_heads
-  # Query heads are grouped so each group shares one key/value head, without copying k or v. The
-  # (small) queries are transposed to [batch, kv_heads, group, q_len, head_dim] first, so the dot
-  # product writes the [q_len, k_len] logits in place instead of transposing them afterwards.
+  # Head-major layouts ([batch, kv_heads, group, q_len, head_dim] and [batch, kv_heads, k_len, head_dim]) make
+  # both products plain batched matmuls over contiguous [len, head_dim] slabs; query heads are grouped under the
+  # key/value head they share, so k and v are never repeated.
   q = q.reshape(batch, q_len, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
-  logits = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.float32(np.sqrt(head_dim))
-  if softcap > 0:
-    logits = softcap * jnp.tanh(logits / softcap)
-  if alibi_slopes is not None:
-    distance = jnp.abs(q_index[:, :, None] - k_index[:, None, :]).astype(jnp.float32)  # [b, t, s]
-    slopes = jnp.asarray(alibi_slopes).reshape(num_kv_heads, group)
-    logits -= slopes[None, :, :, None, None] * distance[:, None, None]
-  mask = attention_mask(q_index, k_index, q_segment, k_segment, causal=causal, window=window)
-  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", weights, v)
-  return out.reshape(batch, q_len, num_heads, head_dim)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  slopes = None if alibi_slopes is None else jnp.asarray(alibi_slopes).reshape(num_kv_heads, group)
+
+  def attend_keys(q_lo, q_hi, k_lo, k_hi):
+    """Output [batch, kv_heads, group, q_hi - q_lo, head_dim] of queries q_lo:q_hi over keys k_lo:k_hi."""
+    qi, ki = q_index[:, q_lo:q_hi], k_index[:, k_lo:k_hi]
+    bias = None
+    if slopes is not None:
+      distance = jnp.abs(qi[:, :, None] - ki[:, None, :]).astype(jnp.float32)  # [b, t, s]
+      bias = -slopes[None, :, :, None, None] * distance[:, None, None]
+    mask = attention_mask(qi, ki, q_segment[:, q_lo:q_hi], k_segment[:, k_lo:k_hi], causal=causal, window=window)
+    return _softmax_attention(q[:, :, :, q_lo:q_hi], k[:, :, k_lo:k_hi], v[:, :, k_lo:k_hi], mask[:, None, None],
+                              bias, float(softcap))
+
+  if query_chunk > 0 and causal and q_len == k.shape[2] and q_len > query_chunk:
+    chunks = []
+    for q_lo in range(0, q_len, query_chunk):
+      q_hi = min(q_lo + query_chunk, q_len)
+      k_lo = max(0, q_lo - window + 1) if window > 0 else 0
+      chunks.append(attend_keys(q_lo, q_hi, k_lo, q_hi))
+    out = jnp.concatenate(chunks, axis=3)
+  else:
+    out = attend_keys(0, q_len, 0, k.shape[2])
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, num_heads, head_dim)
 
 
 def jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, *, causal, window, alibi_slopes, softcap):
@@ -121,14 +191,20 @@ def resolve_impl(cfg: ml_collections.FrozenConfigDict, seq_len: int, backend: st
   return "xla"
 
 
-def attend(cfg: ml_collections.FrozenConfigDict, q, k, v, q_index, k_index, q_segment, k_segment, window: int):
-  """Dispatches to the implementation of `cfg` (arguments as `xla_attention`)."""
+def attend(cfg: ml_collections.FrozenConfigDict, q, k, v, q_index, k_index, q_segment, k_segment, window: int,
+           self_attention: bool = False):
+  """Dispatches to the implementation of `cfg` (arguments as `xla_attention`).
+
+  self_attention: the queries are the keys (a row attending to itself, q_index == k_index == 0, 1, ...), so the
+    xla implementation may cut causal attention into `model.attention_query_chunk` chunks.
+  """
   impl = resolve_impl(cfg, k.shape[1])
   slopes = positions_lib.alibi_slopes(cfg.num_heads) if cfg.position_embedding == "alibi" else None
   kwargs = dict(causal=cfg.objective == "causal", window=window, alibi_slopes=slopes,
                 softcap=cfg.attention_logit_softcap)
   if impl == "xla":
-    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, **kwargs)
+    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment,
+                         query_chunk=cfg.attention_query_chunk if self_attention else 0, **kwargs)
   if impl == "dot_product_attention":
     return jax_nn_attention(q, k, v, q_index, k_index, q_segment, k_segment, **kwargs)
   if impl == "blockwise":
@@ -180,7 +256,8 @@ class Attention(nn.Module):
     q_index, k_index, k_segment = index, index, segment_ids
     if self.decode:
       k, v, q_index, k_index, k_segment = self._update_cache(k, v, segment_ids)
-    out = attend(cfg, q, k, v, q_index, k_index, segment_ids, k_segment, self.window)
+    out = attend(cfg, q, k, v, q_index, k_index, segment_ids, k_segment, self.window,
+                 self_attention=k.shape[1] == seq and not self.decode)
     out = nn.with_logical_constraint(out, ("batch", "activation_seq", "activation_heads", None))
     out_kernel = layers.param(self, cfg, "out", (h, hd, d), ("heads", "head_dim", "embed"),
                               layers.kernel_init(cfg, h * hd, residual_output=True))

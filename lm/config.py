@@ -74,6 +74,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
   for key in ("norm_eps", "init_std", "rope_theta"):
     _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}")
+  _require(m.attention_query_chunk >= 0, f"model.attention_query_chunk must be >= 0 (0 = off), got "
+           f"{m.attention_query_chunk}")
   _one_of("model.mlp_activation", m.mlp_activation, mlp.ACTIVATIONS)
   _one_of("model.position_embedding", m.position_embedding, ("rope", "learned", "alibi", "none"))
   _one_of("model.norm_type", m.norm_type, ("rmsnorm", "layernorm"))

@@ -145,7 +145,7 @@ class Transformer(nn.Module):
     num_groups = cfg.num_layers // group_size(cfg)
     blocks = nn.scan(group, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                      in_axes=(nn.broadcast, nn.broadcast), length=num_groups,
-                     metadata_params={nn.PARTITION_NAME: "layers"})
+                     metadata_params={nn.PARTITION_NAME: "layers"}, unroll=num_groups if cfg.unroll_layers else 1)
     x, metrics = blocks(cfg, decode=decode, name="blocks")(x, segment_ids, positions)
     if cfg.norm_position == "pre":
       x = layers.norm(cfg, "final_norm")(x)

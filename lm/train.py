@@ -236,11 +236,17 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     return model.apply({"params": params}, inputs, segment_ids, positions)[0]
 
   def in_context(fn):
-    """`fn` called inside the mesh and logical-rule context that tracing the model needs."""
+    """`fn` called inside the mesh and logical-rule context that tracing the model needs; its `lower`
+    (compile without running: compile times, HLO text) too."""
     @functools.wraps(fn)
     def wrapped(*args):
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return fn(*args)
+
+    def lower(*args):
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return fn.lower(*args)
+    wrapped.lower = lower
     return wrapped
 
   next_token = generate_lib.make_next_token_fn(forward, config.eval.sample_temperature, config.eval.sample_top_k)

@@ -1,0 +1,354 @@
+"""Training-step benchmark: our train step and a PyTorch peer of the same model, side by side in one run.
+
+    python -m experiments.bench_train [--configs bench_5m,bench_29m] [--steps 5] [--warmup 2]
+        [--peers eager,compile] [--ablate model.unroll_layers=False,...] [--compile_depths 4,32]
+        [--profile DIR] [--set model.FIELD=VALUE ...]
+
+For each config (a name in configs/ or a path) it times `lm.train.build(config).train_step` on a
+fixed random batch (one document per row) and, where torch is installed, the same model written
+in PyTorch (`experiments/torch_reference.py`, eager and torch.compile). Each time is the median of
+`--steps` steps after `--warmup` steps. The table gives tokens/s, step time, model FLOPs per step,
+their share of the peak and our tokens/s as a multiple of each row's.
+
+FLOPs per step are `lm.params.flops_per_token` times the step's tokens: 6N for the weight matmuls
+(N = every weight a token is multiplied by, the output projection included; biases, norms and
+softmax not counted) plus 12 * keys * heads * head_dim per layer for attention, with a causal row
+counting (seq_len + 1) / 2 keys per query (the half the mask leaves). The same count is the MFU of
+training runs. The peak is measured in this run as the training loop measures it (a 2048 x 2048
+float32 matmul on CPU, `lm.metrics.peak_flops_per_device`), or the chip's table value on GPU / TPU.
+
+`--ablate` adds a row per setting with that one optimisation undone (and one with all of them
+undone), which is what each bought. `--compile_depths` reports the compile time of the first
+config at those depths with scanned layers (`model.unroll_layers=False`) and unrolled.
+`--profile DIR` traces a few of our steps of the first config into DIR (open it with TensorBoard
+or Perfetto) and prints where the time goes: the XLA ops of the trace, grouped by what they compute.
+
+torch is a benchmark-only dependency (`pip install torch==2.13.0`): without it our rows are
+printed and the peers are reported as skipped. On GPU the peer runs on CUDA in bfloat16 when that
+torch build has CUDA, and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import scaling as scaling_cli
+from experiments import torch_reference
+from lm import config as config_lib
+from lm import layers
+from lm import metrics as metrics_lib
+from lm import params as params_lib
+from lm import sharding
+from lm import train
+
+DEFAULT_ABLATIONS = ("model.unroll_layers=False", "model.attention_query_chunk=0")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["bench_5m", "bench_29m"], "configs to measure: names in configs/ or paths to .py files")
+flags.DEFINE_integer("steps", 5, "timed steps per row (the median is reported)")
+flags.DEFINE_integer("warmup", 2, "untimed steps before them (the first compiles)")
+flags.DEFINE_list("peers", ["eager", "compile"], "PyTorch peers to run: eager, compile (empty: none)")
+flags.DEFINE_list("ablate", [], "settings GROUP.FIELD=VALUE that each undo one optimisation: one extra row each, and "
+                  "one with all of them ('default' = " + ",".join(DEFAULT_ABLATIONS) + ")")
+flags.DEFINE_list("compile_depths", [], "num_layers values whose compile time is reported for the first config")
+flags.DEFINE_string("profile", "", "trace our steps of the first config into this directory and break the time down")
+flags.DEFINE_multi_string("set", [], "GROUP.FIELD=VALUE applied to every config (a Python literal or a string)")
+
+
+@dataclasses.dataclass
+class Row:
+  config: str  # config name
+  implementation: str  # "ours" (+ ablation), "PyTorch eager", "PyTorch compile", or "... skipped: why"
+  step_seconds: float | None  # median over the timed steps; None when skipped
+  tokens_per_step: int
+  flops_per_step: float
+  first_step_seconds: float | None = None  # compile (and, for torch.compile, graph capture) plus one step
+  loss: float | None = None  # the last timed step's training loss: the peers should agree near init
+  note: str = ""
+
+  @property
+  def tokens_per_second(self) -> float | None:
+    return None if self.step_seconds is None else self.tokens_per_step / self.step_seconds
+
+
+def load_config(name: str, settings: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """configs/NAME.py (or the file at NAME) with GROUP.FIELD=VALUE `settings` applied, validated for this host."""
+  path = name if name.endswith(".py") else os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+  try:
+    config = scaling_cli.load_config_file(path)
+    for setting in settings:
+      scaling_cli.set_field(config, *scaling_cli.parse_setting(setting))
+  except scaling_cli.PlanError as e:
+    raise config_lib.ConfigError(f"config {name}: {e}") from None
+  config = config_lib.for_platform(config, jax.default_backend())
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  return config
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A fixed [global_batch_size, seq_len] batch of random ordinary tokens, one document per row."""
+  batch, seq = config.train.global_batch_size, config.data.seq_len
+  tokens = np.random.default_rng(seed).integers(4, config.model.vocab_size, (batch, seq + 1), dtype=np.int32)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((batch, seq), np.int32),
+          "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1)), "loss_mask": np.ones((batch, seq), np.int32)}
+
+
+def flops_per_step(config: ml_collections.ConfigDict) -> float:
+  tokens = config.train.global_batch_size * config.data.seq_len
+  return params_lib.flops_per_token(config.model, config.data.seq_len)["total"] * tokens
+
+
+def _timed(step: Callable[[], float], steps: int, warmup: int) -> tuple[float, float, list[float], float]:
+  """(first call seconds, median seconds, every timed step's seconds, last loss) of `step` (which blocks)."""
+  start = time.perf_counter()
+  loss = step()
+  first = time.perf_counter() - start
+  for _ in range(max(warmup - 1, 0)):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    loss = step()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times), times, loss
+
+
+class OurStep:
+  """Our train step of `config` on all local devices, with its state and a fixed device batch."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.trainer = train.build(config, self.mesh)
+    self.state = self.trainer.init_state(jax.random.PRNGKey(config.train.seed))
+    self.batch = sharding.global_batch(synthetic_batch(config), self.trainer.batch_sharding)
+
+  def __call__(self) -> float:
+    """One step; returns its loss (a host read, so the step has finished)."""
+    self.state, metrics = self.trainer.train_step(self.state, self.batch)
+    return float(metrics["train/loss"])
+
+  def compiled_text(self) -> str:
+    return self.trainer.train_step.lower(self.state, self.batch).compile().as_text()
+
+
+def measure_ours(name: str, config: ml_collections.ConfigDict, steps: int, warmup: int, label: str = "ours") -> Row:
+  step = OurStep(config)
+  first, median, _, loss = _timed(step, steps, warmup)
+  return Row(name, label, median, config.train.global_batch_size * config.data.seq_len, flops_per_step(config),
+             first_step_seconds=first, loss=loss)
+
+
+def peer_device() -> tuple[str | None, str]:
+  """(torch device for the peer, or None with the reason it is skipped)."""
+  if not torch_reference.available():
+    return None, "torch is not installed (pip install torch==2.13.0)"
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "cpu", ""
+  import torch
+  if backend == "gpu" and torch.cuda.is_available():
+    return "cuda", ""
+  return None, f"this torch build cannot run on {backend} (it has no CUDA)"
+
+
+def measure_peer(name: str, config: ml_collections.ConfigDict, mode: str, steps: int, warmup: int) -> Row:
+  tokens = config.train.global_batch_size * config.data.seq_len
+  label = f"PyTorch {mode}"
+  device, why = peer_device()
+  if device is None:
+    return Row(name, label, None, tokens, flops_per_step(config), note=f"skipped: {why}")
+  try:
+    result = torch_reference.time_steps(
+        config.model, config.optim, config.train.global_batch_size, config.data.seq_len, steps=steps, warmup=warmup,
+        compile_model=mode == "compile", device=device,
+        bfloat16=layers.compute_dtype_name(config.model.compute_dtype) == "bfloat16")
+  except torch_reference.Unsupported as e:
+    return Row(name, label, None, tokens, flops_per_step(config), note=f"skipped: {e}")
+  return Row(name, label, statistics.median(result["step_seconds"]), tokens, flops_per_step(config),
+             first_step_seconds=result["first_step_seconds"], loss=result["loss"])
+
+
+def compile_seconds(config: ml_collections.ConfigDict) -> float:
+  """Seconds to lower and compile the train step of `config` (nothing is run)."""
+  trainer = train.build(config, sharding.make_mesh(config.mesh))
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+                    for k, v in synthetic_batch(config).items()}
+  start = time.perf_counter()
+  trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
+  return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where the time goes.
+
+def op_category(op_name: str) -> str:
+  """The part of the step an XLA op's `op_name` metadata belongs to (its JAX name stack)."""
+  if "transpose(" in op_name:
+    stage = "backward"
+  elif "jvp(" in op_name:
+    stage = "forward"
+  else:
+    return "optimizer update, guard and metrics"
+  if "/attention/" in op_name:
+    if re.search(r"bsd,dhk->bshk|bshk,hkd->bsd", op_name):
+      return f"matmul: attention projections ({stage})"
+    return f"attention: logits, mask, softmax, weighted sum ({stage})"
+  if "/mlp/" in op_name or "/moe/" in op_name:
+    return f"matmul: MLP ({stage})" if "dot_general" in op_name else f"MLP activation ({stage})"
+  if re.search(r"bsd,vd->bsv|bsd,dv->bsv", op_name):
+    return f"matmul: output logits ({stage})"
+  if "_norm" in op_name:
+    return f"norms ({stage})"
+  if "embed" in op_name:
+    return f"embedding gather / scatter ({stage})"
+  if "Transformer" not in op_name:
+    return f"softmax cross-entropy ({stage})"
+  if "dynamic_slice" in op_name or "dynamic_update_slice" in op_name or "/while/" in op_name:
+    return f"scan: per-layer slicing and stacking ({stage})"
+  return f"residual adds and other elementwise ({stage})"
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> its op_name metadata, for every instruction of a compiled HLO module's text."""
+  names = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if match:
+      op = re.search(r'op_name="([^"]*)"', line)
+      names[match.group(1)] = op.group(1) if op else ""
+  return names
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+  """The complete ("X") events of the newest Perfetto trace under `trace_dir`."""
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True),
+                 key=os.path.getmtime)
+  if not files:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(files[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  return [e for e in events if e.get("ph") == "X"]
+
+
+def profile(step: OurStep, trace_dir: str, steps: int = 2) -> tuple[list[tuple[str, float, float]], float]:
+  """Traces `steps` steps (after one warm-up); ([(category, ms per step, share of op time)], wall ms per step).
+
+  Op time is the sum of each XLA op's duration; ops that run side by side on different cores both
+  count, so it can exceed the wall time. The shares say where the work is.
+  """
+  names = op_names(step.compiled_text())
+  step()
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  wall = (time.perf_counter() - start) / steps * 1e3
+  jax.profiler.stop_trace()
+  totals = collections.Counter()
+  for event in trace_events(trace_dir):
+    base = event["name"].split(":")[0]  # GPU kernels may carry a suffix after the HLO name
+    if base in names:
+      totals[op_category(names[base])] += event["dur"] / 1e3 / steps
+  whole = sum(totals.values()) or 1.0
+  return [(name, ms, ms / whole) for name, ms in totals.most_common()], wall
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output.
+
+def format_table(rows: list[Row], peak: float) -> str:
+  ours = {r.config: r for r in rows if r.implementation == "ours" and r.step_seconds}
+  header = (f"{'config':<11} {'implementation':<44} {'tokens/s':>9} {'step ms':>9} {'GFLOP/step':>11} "
+            f"{'% of peak':>9} {'ours / this':>11} {'compile+1 s':>11} {'loss':>7}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    if r.step_seconds is None:
+      lines.append(f"{r.config:<11} {r.implementation:<44} {r.note}")
+      continue
+    share = r.flops_per_step / r.step_seconds / peak
+    ratio = ours[r.config].tokens_per_second / r.tokens_per_second if r.config in ours else float("nan")
+    lines.append(f"{r.config:<11} {r.implementation:<44} {r.tokens_per_second:>9,.0f} {r.step_seconds * 1e3:>9.0f} "
+                 f"{r.flops_per_step / 1e9:>11.1f} {share:>9.1%} {ratio:>10.2f}x "
+                 f"{r.first_step_seconds:>11.1f} {r.loss:>7.3f}")
+  return "\n".join(lines)
+
+
+def run(config_names: Sequence[str], steps: int, warmup: int, peers: Sequence[str], ablations: Sequence[str] = (),
+        settings: Sequence[str] = (), log: Callable[[str], None] = print) -> tuple[list[Row], float, str]:
+  """Measures every row; (rows, peak FLOP/s per device * devices, where the peak came from)."""
+  for mode in peers:
+    if mode not in ("eager", "compile"):
+      raise config_lib.ConfigError(f"--peers: unknown peer {mode!r}; expected eager or compile")
+  configs = {name: load_config(name, settings) for name in config_names}
+  peak, source = metrics_lib.peak_flops_per_device(next(iter(configs.values())).log)
+  peak *= jax.device_count()
+  log(f"peak: {peak / 1e9:,.0f} GFLOP/s ({source}; {jax.device_count()} {jax.default_backend()} device(s))")
+  rows = []
+  for name, config in configs.items():
+    log(f"{name}: ours ...")
+    rows.append(measure_ours(name, config, steps, warmup))
+    if ablations:
+      variants = [(f"ours, {setting}", [setting]) for setting in ablations]
+      if len(ablations) > 1:
+        variants.append(("ours, all of the above", list(ablations)))
+      for label, undo in variants:
+        log(f"{name}: {label} ...")
+        rows.append(measure_ours(name, load_config(name, list(settings) + undo), steps, warmup, label=label))
+    for mode in peers:
+      log(f"{name}: PyTorch {mode} ...")
+      rows.append(measure_peer(name, config, mode, steps, warmup))
+  return rows, peak, source
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  ablations = list(DEFAULT_ABLATIONS) if FLAGS.ablate == ["default"] else FLAGS.ablate
+  peers = [p for p in FLAGS.peers if p]
+  log = lambda line: print(line, flush=True)  # noqa: E731
+  rows, peak, source = run(FLAGS.configs, FLAGS.steps, FLAGS.warmup, peers, ablations, FLAGS.set, log)
+  print()
+  print(f"Training step, median of {FLAGS.steps} steps after {FLAGS.warmup} warm-up, on {jax.device_count()} "
+        f"{jax.devices()[0].device_kind} device(s); peak {peak / 1e9:,.0f} GFLOP/s ({source})")
+  print("FLOPs/step = tokens x (6N + 12 x keys x heads x head_dim per layer), causal keys = (seq_len + 1) / 2")
+  print(format_table(rows, peak))
+  if FLAGS.compile_depths:
+    name = FLAGS.configs[0]
+    print()
+    print(f"Compile time of {name}'s train step by depth (lower + compile, nothing run):")
+    print(f"{'num_layers':>10} {'scanned s':>10} {'unrolled s':>11}")
+    for depth in FLAGS.compile_depths:
+      cells = []
+      for unroll in (False, True):
+        config = load_config(name, list(FLAGS.set) + [f"model.num_layers={int(depth)}",
+                                                      f"model.unroll_layers={unroll}"])
+        cells.append(compile_seconds(config))
+      print(f"{int(depth):>10} {cells[0]:>10.1f} {cells[1]:>11.1f}")
+  if FLAGS.profile:
+    name = FLAGS.configs[0]
+    breakdown, wall = profile(OurStep(load_config(name, FLAGS.set)), FLAGS.profile)
+    print()
+    print(f"Where {name}'s step time goes (trace in {FLAGS.profile}; wall {wall:,.0f} ms/step; op time may exceed it "
+          "where ops overlap):")
+    for category, ms, share in breakdown:
+      print(f"  {category:<58} {ms:>9,.0f} ms {share:>7.1%}")
+
+
+if __name__ == "__main__":
+  app.run(main)
