@@ -23,6 +23,9 @@ config at those depths with scanned layers (`model.unroll_layers=False`) and unr
 `--profile DIR` traces a few of our steps of the first config into DIR (open it with TensorBoard
 or Perfetto) and prints where the time goes: the XLA ops of the trace, grouped by what they compute.
 
+Like `lm.launch`, the benchmark restarts itself once under the host allocator of the first config
+(`train.host_allocator`, lm/process.py), so both implementations run under it.
+
 torch is a benchmark-only dependency (`pip install torch==2.13.0`): without it our rows are
 printed and the peers are reported as skipped. On GPU the peer runs on CUDA in bfloat16 when that
 torch build has CUDA, and is skipped otherwise.
@@ -53,6 +56,7 @@ from lm import config as config_lib
 from lm import layers
 from lm import metrics as metrics_lib
 from lm import params as params_lib
+from lm import process
 from lm import sharding
 from lm import train
 
@@ -73,20 +77,20 @@ flags.DEFINE_multi_string("set", [], "GROUP.FIELD=VALUE applied to every config 
 @dataclasses.dataclass
 class Row:
   config: str  # config name
-  implementation: str  # "ours" (+ ablation), "PyTorch eager", "PyTorch compile", or "... skipped: why"
+  implementation: str  # "ours", "ours, SETTING" (an ablation), "PyTorch eager", "PyTorch compile"
   step_seconds: float | None  # median over the timed steps; None when skipped
   tokens_per_step: int
   flops_per_step: float
   first_step_seconds: float | None = None  # compile (and, for torch.compile, graph capture) plus one step
-  loss: float | None = None  # the last timed step's training loss: the peers should agree near init
-  note: str = ""
+  first_loss: float | None = None  # loss of the first step (before any update): the peers agree at init
+  note: str = ""  # why the row was skipped
 
   @property
   def tokens_per_second(self) -> float | None:
     return None if self.step_seconds is None else self.tokens_per_step / self.step_seconds
 
 
-def load_config(name: str, settings: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(name: str, settings: Sequence[str] = (), validate: bool = True) -> ml_collections.ConfigDict:
   """configs/NAME.py (or the file at NAME) with GROUP.FIELD=VALUE `settings` applied, validated for this host."""
   path = name if name.endswith(".py") else os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
   try:
@@ -95,15 +99,22 @@ def load_config(name: str, settings: Sequence[str] = ()) -> ml_collections.Confi
       scaling_cli.set_field(config, *scaling_cli.parse_setting(setting))
   except scaling_cli.PlanError as e:
     raise config_lib.ConfigError(f"config {name}: {e}") from None
-  config = config_lib.for_platform(config, jax.default_backend())
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  if validate:
+    config = config_lib.for_platform(config, jax.default_backend())
+    config_lib.validate(config, jax.device_count(), jax.process_count())
   return config
 
 
+def synthetic_tokens(config: ml_collections.ConfigDict, seed: int = 0) -> np.ndarray:
+  """[global_batch_size, seq_len + 1] int32 random ordinary tokens: one document per row, shifted for targets."""
+  shape = (config.train.global_batch_size, config.data.seq_len + 1)
+  return np.random.default_rng(seed).integers(4, config.model.vocab_size, shape, dtype=np.int32)
+
+
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-  """A fixed [global_batch_size, seq_len] batch of random ordinary tokens, one document per row."""
-  batch, seq = config.train.global_batch_size, config.data.seq_len
-  tokens = np.random.default_rng(seed).integers(4, config.model.vocab_size, (batch, seq + 1), dtype=np.int32)
+  """The loader's batch layout of `synthetic_tokens`."""
+  tokens = synthetic_tokens(config, seed)
+  batch, seq = tokens.shape[0], tokens.shape[1] - 1
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((batch, seq), np.int32),
           "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1)), "loss_mask": np.ones((batch, seq), np.int32)}
 
@@ -111,21 +122,6 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 def flops_per_step(config: ml_collections.ConfigDict) -> float:
   tokens = config.train.global_batch_size * config.data.seq_len
   return params_lib.flops_per_token(config.model, config.data.seq_len)["total"] * tokens
-
-
-def _timed(step: Callable[[], float], steps: int, warmup: int) -> tuple[float, float, list[float], float]:
-  """(first call seconds, median seconds, every timed step's seconds, last loss) of `step` (which blocks)."""
-  start = time.perf_counter()
-  loss = step()
-  first = time.perf_counter() - start
-  for _ in range(max(warmup - 1, 0)):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    loss = step()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times), times, loss
 
 
 class OurStep:
@@ -147,13 +143,6 @@ class OurStep:
     return self.trainer.train_step.lower(self.state, self.batch).compile().as_text()
 
 
-def measure_ours(name: str, config: ml_collections.ConfigDict, steps: int, warmup: int, label: str = "ours") -> Row:
-  step = OurStep(config)
-  first, median, _, loss = _timed(step, steps, warmup)
-  return Row(name, label, median, config.train.global_batch_size * config.data.seq_len, flops_per_step(config),
-             first_step_seconds=first, loss=loss)
-
-
 def peer_device() -> tuple[str | None, str]:
   """(torch device for the peer, or None with the reason it is skipped)."""
   if not torch_reference.available():
@@ -167,21 +156,45 @@ def peer_device() -> tuple[str | None, str]:
   return None, f"this torch build cannot run on {backend} (it has no CUDA)"
 
 
-def measure_peer(name: str, config: ml_collections.ConfigDict, mode: str, steps: int, warmup: int) -> Row:
-  tokens = config.train.global_batch_size * config.data.seq_len
-  label = f"PyTorch {mode}"
+def peer_step(config: ml_collections.ConfigDict, mode: str) -> tuple[Callable[[], float] | None, str]:
+  """(the PyTorch peer's step for `config` in `mode` eager | compile, or None and why it is skipped)."""
   device, why = peer_device()
   if device is None:
-    return Row(name, label, None, tokens, flops_per_step(config), note=f"skipped: {why}")
+    return None, why
   try:
-    result = torch_reference.time_steps(
-        config.model, config.optim, config.train.global_batch_size, config.data.seq_len, steps=steps, warmup=warmup,
-        compile_model=mode == "compile", device=device,
-        bfloat16=layers.compute_dtype_name(config.model.compute_dtype) == "bfloat16")
+    torch_reference.check_supported(config.model)
   except torch_reference.Unsupported as e:
-    return Row(name, label, None, tokens, flops_per_step(config), note=f"skipped: {e}")
-  return Row(name, label, statistics.median(result["step_seconds"]), tokens, flops_per_step(config),
-             first_step_seconds=result["first_step_seconds"], loss=result["loss"])
+    return None, str(e)
+  bfloat16 = layers.compute_dtype_name(config.model.compute_dtype) == "bfloat16"
+  return torch_reference.TorchStep(config.model, config.optim, synthetic_tokens(config), compile_model=mode == "compile",
+                                   device=device, bfloat16=bfloat16), ""
+
+
+def measure(steps: dict[str, Callable[[], float]], rounds: int, warmup: int,
+            log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+  """Times each named step function: the first call alone (compilation), `warmup` - 1 more, then `rounds`
+  rounds in which each takes its turn, so that a slower or faster spell of the machine falls on all of
+  them alike. A turn is an untimed step and a timed one: the untimed step absorbs the switch from the
+  previous implementation (whose idle worker threads spin on the cores for a while after it returns).
+  {name: {"first_seconds", "first_loss", "median_seconds", "seconds"}}."""
+  results = {}
+  for name, step in steps.items():
+    log(f"  compiling and warming up: {name}")
+    start = time.perf_counter()
+    loss = step()
+    results[name] = {"first_seconds": time.perf_counter() - start, "first_loss": loss, "seconds": []}
+    for _ in range(max(warmup - 1, 0)):
+      step()
+  for _ in range(rounds):
+    for name, step in steps.items():
+      if len(steps) > 1:
+        step()
+      start = time.perf_counter()
+      step()
+      results[name]["seconds"].append(time.perf_counter() - start)
+  for result in results.values():
+    result["median_seconds"] = statistics.median(result["seconds"])
+  return results
 
 
 def compile_seconds(config: ml_collections.ConfigDict) -> float:
@@ -276,7 +289,7 @@ def profile(step: OurStep, trace_dir: str, steps: int = 2) -> tuple[list[tuple[s
 def format_table(rows: list[Row], peak: float) -> str:
   ours = {r.config: r for r in rows if r.implementation == "ours" and r.step_seconds}
   header = (f"{'config':<11} {'implementation':<44} {'tokens/s':>9} {'step ms':>9} {'GFLOP/step':>11} "
-            f"{'% of peak':>9} {'ours / this':>11} {'compile+1 s':>11} {'loss':>7}")
+            f"{'% of peak':>9} {'ours / this':>11} {'compile+1 s':>11} {'loss 1':>7}")
   lines = [header, "-" * len(header)]
   for r in rows:
     if r.step_seconds is None:
@@ -286,52 +299,64 @@ def format_table(rows: list[Row], peak: float) -> str:
     ratio = ours[r.config].tokens_per_second / r.tokens_per_second if r.config in ours else float("nan")
     lines.append(f"{r.config:<11} {r.implementation:<44} {r.tokens_per_second:>9,.0f} {r.step_seconds * 1e3:>9.0f} "
                  f"{r.flops_per_step / 1e9:>11.1f} {share:>9.1%} {ratio:>10.2f}x "
-                 f"{r.first_step_seconds:>11.1f} {r.loss:>7.3f}")
+                 f"{r.first_step_seconds:>11.1f} {r.first_loss:>7.3f}")
   return "\n".join(lines)
 
 
 def run(config_names: Sequence[str], steps: int, warmup: int, peers: Sequence[str], ablations: Sequence[str] = (),
         settings: Sequence[str] = (), log: Callable[[str], None] = print) -> tuple[list[Row], float, str]:
-  """Measures every row; (rows, peak FLOP/s per device * devices, where the peak came from)."""
+  """Measures every row; (rows, peak FLOP/s of all devices, where the peak came from)."""
   for mode in peers:
     if mode not in ("eager", "compile"):
       raise config_lib.ConfigError(f"--peers: unknown peer {mode!r}; expected eager or compile")
   configs = {name: load_config(name, settings) for name in config_names}
+  label_of = {name: os.path.splitext(os.path.basename(name))[0] for name in config_names}  # a path -> its file name
   peak, source = metrics_lib.peak_flops_per_device(next(iter(configs.values())).log)
   peak *= jax.device_count()
   log(f"peak: {peak / 1e9:,.0f} GFLOP/s ({source}; {jax.device_count()} {jax.default_backend()} device(s))")
   rows = []
   for name, config in configs.items():
-    log(f"{name}: ours ...")
-    rows.append(measure_ours(name, config, steps, warmup))
-    if ablations:
-      variants = [(f"ours, {setting}", [setting]) for setting in ablations]
-      if len(ablations) > 1:
-        variants.append(("ours, all of the above", list(ablations)))
-      for label, undo in variants:
-        log(f"{name}: {label} ...")
-        rows.append(measure_ours(name, load_config(name, list(settings) + undo), steps, warmup, label=label))
+    log(f"{label_of[name]}:")
+    tokens, flops = config.train.global_batch_size * config.data.seq_len, flops_per_step(config)
+    variants = {"ours": config}
+    for setting in ablations:
+      variants[f"ours, {setting}"] = load_config(name, list(settings) + [setting])
+    if len(ablations) > 1:
+      variants["ours, all of the above"] = load_config(name, list(settings) + list(ablations))
+    step_functions = {label: OurStep(variant) for label, variant in variants.items()}
+    skipped = {}
     for mode in peers:
-      log(f"{name}: PyTorch {mode} ...")
-      rows.append(measure_peer(name, config, mode, steps, warmup))
+      step, why = peer_step(config, mode)
+      if step is None:
+        skipped[f"PyTorch {mode}"] = f"skipped: {why}"
+      else:
+        step_functions[f"PyTorch {mode}"] = step
+    results = measure(step_functions, steps, warmup, log)
+    for label, result in results.items():
+      rows.append(Row(label_of[name], label, result["median_seconds"], tokens, flops, first_step_seconds=result["first_seconds"],
+                      first_loss=result["first_loss"]))
+    rows.extend(Row(label_of[name], label, None, tokens, flops, note=note) for label, note in skipped.items())
   return rows, peak, source
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  # The allocator the training loop runs under (lm.launch does the same), before JAX starts.
+  process.apply_host_allocator(load_config(FLAGS.configs[0], FLAGS.set, validate=False).train.host_allocator)
   ablations = list(DEFAULT_ABLATIONS) if FLAGS.ablate == ["default"] else FLAGS.ablate
   peers = [p for p in FLAGS.peers if p]
   log = lambda line: print(line, flush=True)  # noqa: E731
   rows, peak, source = run(FLAGS.configs, FLAGS.steps, FLAGS.warmup, peers, ablations, FLAGS.set, log)
   print()
-  print(f"Training step, median of {FLAGS.steps} steps after {FLAGS.warmup} warm-up, on {jax.device_count()} "
+  print(f"Training step, median of {FLAGS.steps} steps after {FLAGS.warmup} warm-up (the rows' steps taken in turn), "
+        f"on {jax.device_count()} "
         f"{jax.devices()[0].device_kind} device(s); peak {peak / 1e9:,.0f} GFLOP/s ({source})")
   print("FLOPs/step = tokens x (6N + 12 x keys x heads x head_dim per layer), causal keys = (seq_len + 1) / 2")
   print(format_table(rows, peak))
   if FLAGS.compile_depths:
     name = FLAGS.configs[0]
     print()
-    print(f"Compile time of {name}'s train step by depth (lower + compile, nothing run):")
+    print(f"Compile time of {os.path.splitext(os.path.basename(name))[0]}'s train step by depth (lower + compile, nothing run):")
     print(f"{'num_layers':>10} {'scanned s':>10} {'unrolled s':>11}")
     for depth in FLAGS.compile_depths:
       cells = []
@@ -344,7 +369,7 @@ def main(argv: Sequence[str]) -> None:
     name = FLAGS.configs[0]
     breakdown, wall = profile(OurStep(load_config(name, FLAGS.set)), FLAGS.profile)
     print()
-    print(f"Where {name}'s step time goes (trace in {FLAGS.profile}; wall {wall:,.0f} ms/step; op time may exceed it "
+    print(f"Where {os.path.splitext(os.path.basename(name))[0]}'s step time goes (trace in {FLAGS.profile}; wall {wall:,.0f} ms/step; op time may exceed it "
           "where ops overlap):")
     for category, ms, share in breakdown:
       print(f"  {category:<58} {ms:>9,.0f} ms {share:>7.1%}")

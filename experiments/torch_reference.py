@@ -134,40 +134,31 @@ def load_params(model: Any, params: Any) -> None:
       put(norm.bias, layer[name]["bias"][i])
 
 
-def time_steps(model_config: Any, optim_config: Any, batch_size: int, seq_len: int, steps: int, warmup: int,
-               compile_model: bool, device: str = "cpu", bfloat16: bool = False) -> dict[str, Any]:
-  """Trains `warmup` + `steps` steps on random tokens; {"step_seconds": [per timed step], "loss",
-  "first_step_seconds" (includes torch.compile's compilation)}.
+class TorchStep:
+  """One AdamW training step of the reference model on a fixed batch per call; returns the step's loss.
 
   bfloat16: the forward and backward under autocast to bfloat16 (float32 master weights), as our
-  accelerator configs compute.
+  accelerator configs compute. compile_model: the model under torch.compile (compiled at the first call).
   """
-  import torch
 
-  model, optimizer = build(model_config, optim_config)
-  model.to(device)
-  forward = torch.compile(model) if compile_model else model
-  generator = torch.Generator().manual_seed(0)
-  tokens = torch.randint(4, model_config.vocab_size, (batch_size, seq_len + 1), generator=generator).to(device)
-  inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+  def __init__(self, model_config: Any, optim_config: Any, tokens: np.ndarray, compile_model: bool,
+               device: str = "cpu", bfloat16: bool = False):
+    import torch
 
-  def step():
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bfloat16):
-      loss = forward(inputs, targets)
+    self.torch = torch
+    self.model, self.optimizer = build(model_config, optim_config)
+    self.model.to(device)
+    self.forward = torch.compile(self.model) if compile_model else self.model
+    tokens = torch.from_numpy(np.asarray(tokens, np.int64)).to(device)  # [batch, seq + 1]
+    self.inputs, self.targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    self.device, self.bfloat16, self.clip_norm = device, bfloat16, optim_config.clip_norm
+
+  def __call__(self) -> float:
+    torch = self.torch
+    self.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bfloat16):
+      loss = self.forward(self.inputs, self.targets)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), optim_config.clip_norm)
-    optimizer.step()
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+    self.optimizer.step()
     return loss.item()  # waits for the step, as our benchmark reads its loss
-
-  start = time.perf_counter()
-  loss = step()
-  first = time.perf_counter() - start
-  for _ in range(warmup - 1):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    loss = step()
-    times.append(time.perf_counter() - start)
-  return {"step_seconds": times, "loss": loss, "first_step_seconds": first}

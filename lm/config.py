@@ -19,6 +19,7 @@ from lm import evaluate
 from lm import guard
 from lm import layers
 from lm import mlp
+from lm import process
 from lm import model
 from lm import objectives
 from lm import sharding
@@ -186,6 +187,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by the data-parallel size "
            f"data x fsdp x expert = {sizes['data']} x {sizes['fsdp']} x {sizes['expert']} = {data_parallel}")
   _require(t.microbatches > 0, f"train.microbatches must be positive, got {t.microbatches}")
+  _one_of("train.host_allocator", t.host_allocator, process.ALLOCATORS)
   _require(t.global_batch_size % (data_parallel * t.microbatches) == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by train.microbatches "
            f"({t.microbatches}) x the data-parallel size ({data_parallel}): each microbatch must split evenly "

@@ -15,6 +15,9 @@ SLURM, Open MPI); or name it explicitly:
 `--distributed=auto` (the default) does the same when those flags are given or SLURM / Open
 MPI / a TPU pod announce more than one process, and runs a single process otherwise.
 
+CPU runs restart themselves once at start under glibc malloc settings that reuse freed memory
+(`train.host_allocator`, see lm/process.py).
+
 On SIGTERM (or a JAX preemption notice in a multi-process job) the run saves a checkpoint at
 the current step and exits with status 143; the same command continues it. Exit status 2 is
 a config error, 1 a run stopped by its loss guard (guard.max_rollbacks).
@@ -29,6 +32,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lm import config as config_lib
+from lm import process
 from lm import sharding
 from lm import train
 
@@ -46,6 +50,11 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
+  try:
+    process.apply_host_allocator(_CONFIG.value.train.host_allocator)  # may restart this command: before JAX starts
+  except ValueError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
   if not flags.FLAGS["verbosity"].present:  # library INFO chatter (orbax, backends) only when asked for
     logging.set_verbosity(logging.WARNING)
   try:

@@ -7,6 +7,11 @@ import sys
 # Must be set before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Commands the tests start (python -m lm.launch, the sweep runner) find the host allocator's glibc tunables
+# already set, as a launch does after its restart (lm/process.py), and so do not restart.
+from lm import process  # noqa: E402  (imports no JAX)
+
+os.environ["GLIBC_TUNABLES"] = process.needs_restart("reuse") or os.environ.get("GLIBC_TUNABLES", "")
 
 import pytest  # noqa: E402
 

@@ -123,12 +123,20 @@ def test_launch_rejects_bad_config_before_training(launch, tmp_path, overrides, 
     (dict(remat_policy="some"), r"model.remat_policy must be one of none, full, save_matmuls"),
     (dict(sliding_window=16), r"model.sliding_window is 16 but model.attention_pattern \('global',\) has no 'local'"),
     (dict(norm_eps=0.0), r"model.norm_eps must be positive"),
+    (dict(attention_query_chunk=-64), r"model.attention_query_chunk must be >= 0 \(0 = off\), got -64"),
 ])
 def test_inconsistent_model_fields_are_named(overrides, message):
   config = tiny.get_config()
   for key, value in overrides.items():
     config.model[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_an_unknown_host_allocator_is_named():
+  config = tiny.get_config()
+  config.train.host_allocator = "jemalloc"
+  with pytest.raises(config_lib.ConfigError, match=r"train.host_allocator must be one of reuse, system; got 'jemalloc'"):
     config_lib.validate(config, num_devices=8)
 
 

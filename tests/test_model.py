@@ -385,3 +385,88 @@ def test_kv_cache_rolling_buffer_with_a_prompt_longer_than_the_window():
     np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-4)
   with pytest.raises(ValueError, match="exceeds model.max_seq_len"):
     generate.init_cache(model, 1, max_len=cfg.max_seq_len + 1)
+
+
+def _reference_attention(q, k, v, mask, bias, softcap):
+  """Plain attention differentiated by JAX: [b, t, h, d] queries over [b, s, kv, d] keys, kv heads repeated."""
+  group = q.shape[2] // k.shape[2]
+  k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+  logits = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+  if softcap > 0:
+    logits = softcap * jnp.tanh(logits / softcap)
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(mask[:, None], logits, -1e30)
+  return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("num_kv_heads,window,alibi,softcap,query_chunk",
+                         [(4, 0, False, 0.0, 0), (2, 0, False, 0.0, 16), (1, 5, False, 0.0, 0), (2, 5, False, 0.0, 16),
+                          (4, 0, True, 0.0, 16), (2, 0, False, 2.0, 0)])
+def test_xla_attention_backward_matches_autodiff(num_kv_heads, window, alibi, softcap, query_chunk):
+  """The hand-written backward of the xla implementation (and its causal query chunks) against plain autodiff."""
+  batch, seq, heads, head_dim = 2, 40, 4, 8
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  q = jax.random.normal(keys[0], (batch, seq, heads, head_dim))
+  k, v = (jax.random.normal(key, (batch, seq, num_kv_heads, head_dim)) for key in keys[1:3])
+  cotangent = jax.random.normal(keys[3], q.shape)
+  index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+  segment = jnp.ones((batch, seq), jnp.int32).at[:, 25:].set(2)  # two documents per row
+  slopes = positions_lib.alibi_slopes(heads) if alibi else None
+  mask = attention.attention_mask(index, index, segment, segment, causal=True, window=window)
+  bias = None if slopes is None else -slopes[None, :, None, None] * jnp.abs(index[:, :, None] - index[:, None, :])[:, None]
+
+  def ours(q, k, v):
+    out = attention.xla_attention(q, k, v, index, index, segment, segment, causal=True, window=window,
+                                  alibi_slopes=slopes, softcap=softcap, query_chunk=query_chunk)
+    return jnp.sum(out * cotangent)
+
+  def reference(q, k, v):
+    return jnp.sum(_reference_attention(q, k, v, mask, bias, softcap) * cotangent)
+
+  value, grads = jax.value_and_grad(ours, argnums=(0, 1, 2))(q, k, v)
+  expected_value, expected = jax.value_and_grad(reference, argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+  for name, got, want in zip("qkv", grads, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def _loss_and_grads(model, params, tokens, seg, pos):
+  def loss(p):
+    logits = model.apply({"params": p}, tokens, seg, pos)[0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0])
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("variant", ["grouped_query", "local_global"])
+def test_attention_query_chunks_leave_the_loss_and_gradients_unchanged(variant):
+  tokens, seg, pos = _inputs(seq=40)
+  seg = seg.at[:, 25:].set(2)
+  pos = pos.at[:, 25:].set(jnp.arange(15))
+  results, flops = {}, {}
+  for chunk in (0, 16):  # 16 does not divide 40: the last chunk is shorter
+    model, _ = _model(attention_impl="xla", attention_query_chunk=chunk, **VARIANTS[variant])
+    params = _init(model)
+    results[chunk] = _loss_and_grads(model, params, tokens, seg, pos)
+    forward = jax.jit(lambda p, m=model: m.apply({"params": p}, tokens, seg, pos)[0])
+    flops[chunk] = forward.lower(params).compile().cost_analysis()["flops"]
+  (loss, grads), (chunked_loss, chunked_grads) = results[0], results[16]
+  np.testing.assert_allclose(chunked_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(chunked_grads)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  assert flops[16] < flops[0]  # the chunks skip the logits above the diagonal
+
+
+def test_unrolled_layers_leave_the_loss_and_gradients_unchanged():
+  tokens, seg, pos = _inputs()
+  results, texts = {}, {}
+  for unroll in (False, True):
+    model, _ = _model(unroll_layers=unroll, num_layers=4)
+    params = _init(model)
+    results[unroll] = _loss_and_grads(model, params, tokens, seg, pos)
+    texts[unroll] = jax.jit(lambda p, m=model: m.apply({"params": p}, tokens, seg, pos)[0]).lower(params).as_text()
+  (loss, grads), (unrolled_loss, unrolled_grads) = results[False], results[True]
+  np.testing.assert_allclose(unrolled_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(unrolled_grads)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  assert "while" in texts[False] and "while" not in texts[True]  # the same parameters, no loop over depth

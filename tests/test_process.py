@@ -1,0 +1,85 @@
+"""The host allocator: which glibc tunables a run restarts under, the restart itself, and unchanged numerics."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lm import process
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_reuse_allocator_restarts_once_and_keeps_other_tunables():
+  wanted = process.needs_restart("reuse", environ={"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, libc="glibc")
+  entries = dict(item.split("=") for item in wanted.split(":"))
+  assert entries == {"glibc.pthread.rseq": "0", **process.REUSE_TUNABLES}
+  assert process.needs_restart("reuse", environ={"GLIBC_TUNABLES": wanted}, libc="glibc") is None
+  assert process.needs_restart("system", environ={}, libc="glibc") is None
+  assert process.needs_restart("reuse", environ={}, libc="") is None  # not glibc: nothing to set
+  with pytest.raises(ValueError, match="train.host_allocator must be one of reuse, system; got 'jemalloc'"):
+    process.needs_restart("jemalloc", environ={}, libc="glibc")
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys
+    from lm import process
+    print("start", os.environ.get("GLIBC_TUNABLES", "-"), flush=True)
+    process.apply_host_allocator(sys.argv[1])
+    print("running", os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[1:], flush=True)
+""")
+
+
+@pytest.mark.skipif(process.needs_restart("reuse", environ={}) is None, reason="not a glibc system")
+def test_the_command_is_restarted_with_its_arguments_under_the_tunables(tmp_path):
+  script = tmp_path / "show.py"
+  script.write_text(SCRIPT)
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  env["PYTHONPATH"] = ROOT
+  out = subprocess.run([sys.executable, str(script), "reuse", "--x=1"], env=env, capture_output=True, text=True,
+                       check=True, timeout=60).stdout.splitlines()
+  wanted = process.needs_restart("reuse", environ={})
+  assert out == ["start -", f"start {wanted}", f"running {wanted} ['reuse', '--x=1']"]
+  out = subprocess.run([sys.executable, str(script), "system"], env=env, capture_output=True, text=True, check=True,
+                       timeout=60).stdout.splitlines()
+  assert out == ["start -", "running - ['system']"]
+
+
+LOSS = textwrap.dedent("""
+    import jax, numpy as np
+    from configs import tiny
+    from lm import process, train, sharding
+    process.apply_host_allocator(__import__("sys").argv[1])
+    config = tiny.get_config()
+    config.train.global_batch_size = 2
+    trainer = train.build(config, sharding.make_mesh(config.mesh))
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (2, config.data.seq_len + 1), np.int32)
+    ones = np.ones((2, config.data.seq_len), np.int32)
+    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], segment_ids=ones, loss_mask=ones,
+                 positions=np.tile(np.arange(config.data.seq_len, dtype=np.int32), (2, 1)))
+    for _ in range(2):
+      state, metrics = trainer.train_step(state, sharding.global_batch(batch, trainer.batch_sharding))
+    print(repr(float(metrics["train/loss"])))
+""")
+
+
+def test_the_allocator_leaves_the_loss_of_a_fixed_batch_unchanged(tmp_path):
+  script = tmp_path / "loss.py"
+  script.write_text(LOSS)
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  losses = [subprocess.run([sys.executable, str(script), allocator], env=env, capture_output=True, text=True,
+                           check=True, timeout=300).stdout.split()[-1] for allocator in ("reuse", "system")]
+  assert losses[0] == losses[1]
+
+
+def test_launch_names_an_unknown_allocator_before_starting_anything():
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  result = subprocess.run([sys.executable, "-m", "lm.launch", "--config", "configs/tiny.py",
+                           "--config.train.host_allocator=jemalloc"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 2
+  assert "config error: train.host_allocator must be one of reuse, system; got 'jemalloc'" in result.stderr
