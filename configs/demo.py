@@ -15,6 +15,7 @@ def get_config():
   config.model.num_kv_heads = 2
   config.model.head_dim = 64
   config.model.ffn_dim = 768
+  config.model.unroll_layers = True  # 4 layers: unrolled compiles in seconds and steps ~8% faster on CPU
   config.data.seq_len = 256
   config.optim.peak_learning_rate = 3e-3
   config.optim.warmup_steps = 30
