@@ -109,7 +109,7 @@ def load_params(model: Any, params: Any) -> None:
 
   def put(target, value):
     with torch.no_grad():
-      target.copy_(torch.from_numpy(np.asarray(value, np.float32)))
+      target.copy_(torch.from_numpy(np.array(value, np.float32)))  # a writable copy
 
   put(model.embed.weight, params["embed"]["embedding"])
   put(model.position_embed.weight, params["position_embed"]["embedding"])

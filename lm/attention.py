@@ -61,7 +61,8 @@ def _softmax_attention(q, k, v, mask, bias, softcap: float):
 
   The backward pass reuses the saved probabilities: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)),
   dQ = dS K, dK = dS^T Q. Differentiating through the mask, the max subtraction and the
-  normalisation instead costs about a third more time on CPU (README, "Performance").
+  normalisation instead took 50% longer on CPU (one layer at [16, 256, 8 heads, 64] in query chunks
+  of 64, forward + backward: 123 against 82 ms in the same run).
   """
   return _softmax_attention_forward(q, k, v, mask, bias, softcap)[0]
 
