@@ -41,6 +41,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -92,7 +93,8 @@ class Row:
 
 def load_config(name: str, settings: Sequence[str] = (), validate: bool = True) -> ml_collections.ConfigDict:
   """configs/NAME.py (or the file at NAME) with GROUP.FIELD=VALUE `settings` applied, validated for this host."""
-  path = name if name.endswith(".py") else os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+  path = name if name.endswith(".py") else os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                                         f"{name}.py"))
   try:
     config = scaling_cli.load_config_file(path)
     for setting in settings:
@@ -340,6 +342,14 @@ def run(config_names: Sequence[str], steps: int, warmup: int, peers: Sequence[st
 
 
 def main(argv: Sequence[str]) -> None:
+  try:
+    _main(argv)
+  except config_lib.ConfigError as e:  # a bad config name, key or value: named, without a traceback
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv: Sequence[str]) -> None:
   del argv
   # The allocator the training loop runs under (lm.launch does the same), before JAX starts.
   process.apply_host_allocator(load_config(FLAGS.configs[0], FLAGS.set, validate=False).train.host_allocator)
