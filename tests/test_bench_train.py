@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,10 +51,8 @@ def test_the_pytorch_reference_computes_our_model(tiny_config_path):
   config = bench_train.load_config(tiny_config_path)
   model = model_lib.from_config(config.model)
   batch = {k: jnp.asarray(v) for k, v in bench_train.synthetic_batch(config).items()}
-  params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.PRNGKey(3), batch["inputs"], batch["segment_ids"],
-                                                         batch["positions"])["params"])
-  params = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, params,
-                                  is_leaf=lambda x: hasattr(x, "value"))
+  params = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(
+      model.init(jax.random.PRNGKey(3), batch["inputs"], batch["segment_ids"], batch["positions"])["params"]))
 
   def loss(p):
     logits, _ = model.apply({"params": p}, batch["inputs"], batch["segment_ids"], batch["positions"])

@@ -48,21 +48,16 @@ def test_the_command_is_restarted_with_its_arguments_under_the_tunables(tmp_path
 
 
 LOSS = textwrap.dedent("""
-    import jax, numpy as np
+    import sys
+    from lm import process
+    process.apply_host_allocator(sys.argv[1])
     from configs import tiny
-    from lm import process, train, sharding
-    process.apply_host_allocator(__import__("sys").argv[1])
+    from experiments import bench_train
     config = tiny.get_config()
     config.train.global_batch_size = 2
-    trainer = train.build(config, sharding.make_mesh(config.mesh))
-    state = trainer.init_state(jax.random.PRNGKey(0))
-    tokens = np.random.default_rng(0).integers(4, config.model.vocab_size, (2, config.data.seq_len + 1), np.int32)
-    ones = np.ones((2, config.data.seq_len), np.int32)
-    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], segment_ids=ones, loss_mask=ones,
-                 positions=np.tile(np.arange(config.data.seq_len, dtype=np.int32), (2, 1)))
-    for _ in range(2):
-      state, metrics = trainer.train_step(state, sharding.global_batch(batch, trainer.batch_sharding))
-    print(repr(float(metrics["train/loss"])))
+    step = bench_train.OurStep(config)
+    step()
+    print(repr(step()))
 """)
 
 
