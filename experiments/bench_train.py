@@ -107,6 +107,11 @@ def load_config(name: str, settings: Sequence[str] = (), validate: bool = True) 
   return config
 
 
+def config_label(name: str) -> str:
+  """The name a config is shown under: its name in configs/, or a path's file name without .py."""
+  return os.path.splitext(os.path.basename(name))[0]
+
+
 def synthetic_tokens(config: ml_collections.ConfigDict, seed: int = 0) -> np.ndarray:
   """[global_batch_size, seq_len + 1] int32 random ordinary tokens: one document per row, shifted for targets."""
   shape = (config.train.global_batch_size, config.data.seq_len + 1)
@@ -312,7 +317,7 @@ def run(config_names: Sequence[str], steps: int, warmup: int, peers: Sequence[st
     if mode not in ("eager", "compile"):
       raise config_lib.ConfigError(f"--peers: unknown peer {mode!r}; expected eager or compile")
   configs = {name: load_config(name, settings) for name in config_names}
-  label_of = {name: os.path.splitext(os.path.basename(name))[0] for name in config_names}  # a path -> its file name
+  label_of = {name: config_label(name) for name in config_names}
   peak, source = metrics_lib.peak_flops_per_device(next(iter(configs.values())).log)
   peak *= jax.device_count()
   log(f"peak: {peak / 1e9:,.0f} GFLOP/s ({source}; {jax.device_count()} {jax.default_backend()} device(s))")
@@ -366,7 +371,7 @@ def _main(argv: Sequence[str]) -> None:
   if FLAGS.compile_depths:
     name = FLAGS.configs[0]
     print()
-    print(f"Compile time of {os.path.splitext(os.path.basename(name))[0]}'s train step by depth (lower + compile, nothing run):")
+    print(f"Compile time of {config_label(name)}'s train step by depth (lower + compile, nothing run):")
     print(f"{'num_layers':>10} {'scanned s':>10} {'unrolled s':>11}")
     for depth in FLAGS.compile_depths:
       cells = []
@@ -379,7 +384,7 @@ def _main(argv: Sequence[str]) -> None:
     name = FLAGS.configs[0]
     breakdown, wall = profile(OurStep(load_config(name, FLAGS.set)), FLAGS.profile)
     print()
-    print(f"Where {os.path.splitext(os.path.basename(name))[0]}'s step time goes (trace in {FLAGS.profile}; wall {wall:,.0f} ms/step; op time may exceed it "
+    print(f"Where {config_label(name)}'s step time goes (trace in {FLAGS.profile}; wall {wall:,.0f} ms/step; op time may exceed it "
           "where ops overlap):")
     for category, ms, share in breakdown:
       print(f"  {category:<58} {ms:>9,.0f} ms {share:>7.1%}")
