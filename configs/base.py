@@ -24,6 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.position_embedding = "rope"  # rope | learned (absolute table) | alibi (linear attention bias) | none
   model.max_seq_len = 2048  # context length: longest training row and decode, rows of a learned position table
   model.rope_theta = 10000.0  # RoPE base wavelength
+  model.rope_scaling = "none"  # RoPE context extension: none | linear (position interpolation) | ntk (NTK-aware base) | yarn | llama3 (Llama 3.1)
+  model.rope_scaling_factor = 1.0  # s: how many times longer than rope_original_max_seq_len the context becomes (>= 1; 1 = plain RoPE)
+  model.rope_original_max_seq_len = 2048  # yarn / llama3: the context length the model was pre-trained at (their frequency bands)
+  model.rope_yarn_beta_fast = 32.0  # yarn: channel pairs turning more than this many times over the original length are kept
+  model.rope_yarn_beta_slow = 1.0  # yarn: pairs turning fewer times are fully interpolated; a ramp between
+  model.rope_llama3_low_frequency_factor = 1.0  # llama3: wavelengths above original length / this are interpolated
+  model.rope_llama3_high_frequency_factor = 4.0  # llama3: wavelengths below original length / this are kept; blended between
   model.norm_type = "rmsnorm"  # rmsnorm | layernorm
   model.norm_position = "pre"  # pre: x + f(norm(x)) and a final norm; post: norm(x + f(x))
   model.norm_eps = 1e-6  # epsilon of every norm

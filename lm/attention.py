@@ -250,8 +250,9 @@ class Attention(nn.Module):
       q = layers.norm(cfg, "query_norm", "head_dim")(q)
       k = layers.norm(cfg, "key_norm", "head_dim")(k)
     if cfg.position_embedding == "rope":
-      q = positions_lib.apply_rope(q, positions, cfg.rope_theta)
-      k = positions_lib.apply_rope(k, positions, cfg.rope_theta)
+      inv_freq, attention_factor = positions_lib.config_frequencies(cfg)
+      q = positions_lib.apply_rope(q, positions, inv_freq, attention_factor)
+      k = positions_lib.apply_rope(k, positions, inv_freq, attention_factor)
 
     index = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     q_index, k_index, k_segment = index, index, segment_ids

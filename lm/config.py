@@ -22,6 +22,7 @@ from lm import mlp
 from lm import process
 from lm import model
 from lm import objectives
+from lm import positions as positions_lib
 from lm import sharding
 from lm import tasks
 
@@ -94,6 +95,19 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
            f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})")
   if m.position_embedding == "rope":
     _require(m.head_dim % 2 == 0, f"model.head_dim must be even for RoPE, got {m.head_dim}")
+  _one_of("model.rope_scaling", m.rope_scaling, positions_lib.ROPE_SCALINGS)
+  _require(m.rope_scaling_factor >= 1.0, f"model.rope_scaling_factor must be >= 1 (the context grows s times; 1 = "
+           f"plain RoPE), got {m.rope_scaling_factor}")
+  _require(m.rope_scaling == "none" or m.position_embedding == "rope",
+           f"model.rope_scaling is {m.rope_scaling!r} but model.position_embedding is {m.position_embedding!r}; "
+           "scaling applies to RoPE only")
+  _require(m.rope_original_max_seq_len > 0, f"model.rope_original_max_seq_len must be positive, got "
+           f"{m.rope_original_max_seq_len}")
+  _require(m.rope_yarn_beta_fast > m.rope_yarn_beta_slow > 0, "model.rope_yarn_beta_fast must exceed "
+           f"model.rope_yarn_beta_slow > 0, got {m.rope_yarn_beta_fast} and {m.rope_yarn_beta_slow}")
+  _require(m.rope_llama3_high_frequency_factor > m.rope_llama3_low_frequency_factor > 0,
+           "model.rope_llama3_high_frequency_factor must exceed model.rope_llama3_low_frequency_factor > 0, got "
+           f"{m.rope_llama3_high_frequency_factor} and {m.rope_llama3_low_frequency_factor}")
   _require(d.seq_len <= m.max_seq_len, f"data.seq_len ({d.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
            "the model's context length")
 

@@ -132,6 +132,52 @@ def _leaf(params: dict, path: tuple[str, ...]) -> Any:
   return params
 
 
+def hf_rope(m: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`rope_theta` and `rope_parameters` (transformers 5; `rope_scaling`, its transformers 4 name, too when scaled)
+  of `config.model`'s RoPE and its scaling. NTK-aware scaling is plain RoPE with a larger base, written as such."""
+  theta, s = m.rope_theta, m.rope_scaling_factor
+  scaling = m.rope_scaling if s != 1.0 else "none"
+  if scaling == "ntk":
+    theta, scaling = theta * s ** (m.head_dim / (m.head_dim - 2)), "none"
+  parameters: dict[str, Any] = {"rope_type": "default" if scaling == "none" else scaling, "rope_theta": theta}
+  if scaling != "none":
+    parameters["factor"] = s
+  if scaling in ("yarn", "llama3"):
+    parameters["original_max_position_embeddings"] = m.rope_original_max_seq_len
+  if scaling == "yarn":
+    parameters.update(beta_fast=m.rope_yarn_beta_fast, beta_slow=m.rope_yarn_beta_slow)
+  if scaling == "llama3":
+    parameters.update(low_freq_factor=m.rope_llama3_low_frequency_factor,
+                      high_freq_factor=m.rope_llama3_high_frequency_factor)
+  out = {"rope_theta": theta, "rope_parameters": parameters}
+  if scaling != "none":
+    out["rope_scaling"] = {k: v for k, v in parameters.items() if k != "rope_theta"}
+  return out
+
+
+def _rope_fields(rope: dict[str, Any], max_position_embeddings: int) -> tuple[dict[str, Any], str | None]:
+  """(model fields, problem or None) of a Hugging Face `rope_parameters` / `rope_scaling` dict."""
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type == "default":
+    return {"rope_scaling": "none", "rope_scaling_factor": 1.0}, None
+  supported = {"linear": (), "yarn": ("beta_fast", "beta_slow", "original_max_position_embeddings", "truncate"),
+               "llama3": ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+  if rope_type not in supported:
+    return {}, f"rope_type {rope_type!r} (supported: default, linear, yarn, llama3)"
+  unknown = sorted(set(rope) - {"rope_type", "type", "rope_theta", "factor", *supported[rope_type]})
+  missing = rope.get("factor") is None or (rope_type == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= set(rope))
+  if unknown or missing or rope.get("truncate", True) is not True:
+    return {}, f"{rope_type} scaling with {rope!r} (supported keys: factor, {', '.join(supported[rope_type])}; truncate true)"
+  fields = {"rope_scaling": rope_type, "rope_scaling_factor": float(rope["factor"]),
+            "rope_original_max_seq_len": int(rope.get("original_max_position_embeddings", max_position_embeddings))}
+  if rope_type == "yarn":
+    fields.update(rope_yarn_beta_fast=float(rope.get("beta_fast", 32.0)), rope_yarn_beta_slow=float(rope.get("beta_slow", 1.0)))
+  if rope_type == "llama3":
+    fields.update(rope_llama3_low_frequency_factor=float(rope["low_freq_factor"]),
+                  rope_llama3_high_frequency_factor=float(rope["high_freq_factor"]))
+  return fields, None
+
+
 def hf_config(m: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer) -> dict[str, Any]:
   """The LlamaForCausalLM config.json of `config.model` (rope_theta both where transformers 4 and 5 read it)."""
   return {
@@ -139,7 +185,7 @@ def hf_config(m: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer) 
       "hidden_size": m.d_model, "intermediate_size": m.ffn_dim, "num_hidden_layers": m.num_layers,
       "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads, "head_dim": m.head_dim,
       "hidden_act": "silu", "rms_norm_eps": m.norm_eps, "max_position_embeddings": m.max_seq_len,
-      "rope_theta": m.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+      **hf_rope(m),
       "tie_word_embeddings": m.tie_embeddings, "attention_bias": False, "mlp_bias": False,
       "attention_dropout": 0.0, "initializer_range": m.init_std, "use_cache": True,
       "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
@@ -198,12 +244,12 @@ def config_from_hf(hf: dict[str, Any], config: ml_collections.ConfigDict) -> ml_
     InterchangeError: `hf` is not a Llama model this code computes the same way (every offending key named).
   """
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  rope_fields, rope_problem = _rope_fields(rope, hf.get("max_position_embeddings", 2048))
   problems = [f"{key} = {hf.get(key)!r} (supported: {want!r})" for key, want in
               (("model_type", "llama"), ("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False))
               if hf.get(key, want) != want]
-  if rope_type != "default" or hf.get("rope_scaling"):
-    problems.append(f"rope scaling {rope!r} (supported: plain RoPE, rope_type 'default')")
+  if rope_problem:
+    problems.append(rope_problem)
   if problems:
     raise InterchangeError("the Hugging Face config is not a plain Llama model: " + "; ".join(problems))
   heads = hf["num_attention_heads"]
@@ -218,6 +264,7 @@ def config_from_hf(hf: dict[str, Any], config: ml_collections.ConfigDict) -> ml_
   m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
   m.init_std = float(hf.get("initializer_range", m.init_std))
   m.qk_norm, m.attention_logit_softcap, m.objective = False, 0.0, "causal"
+  m.update(rope_fields)
   config.data.seq_len = min(config.data.seq_len, m.max_seq_len)
   return config
 

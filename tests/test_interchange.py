@@ -211,6 +211,51 @@ def test_import_refuses_other_architectures():
            "intermediate_size": 48, "vocab_size": 512}
   config = interchange.config_from_hf(llama, llama_tiny.get_config())
   assert (config.model.num_kv_heads, config.model.head_dim, config.model.tie_embeddings) == (4, 8, False)
-  scaled = dict(llama, hidden_act="gelu", rope_scaling={"rope_type": "llama3", "factor": 8.0})
-  with pytest.raises(interchange.InterchangeError, match=r"hidden_act = 'gelu'.*rope scaling .*'llama3'"):
+  scaled = dict(llama, hidden_act="gelu", rope_scaling={"rope_type": "dynamic", "factor": 8.0})
+  with pytest.raises(interchange.InterchangeError, match=r"hidden_act = 'gelu'.*rope_type 'dynamic'"):
     interchange.config_from_hf(scaled, llama_tiny.get_config())
+  incomplete = dict(llama, rope_scaling={"rope_type": "llama3", "factor": 8.0})
+  with pytest.raises(interchange.InterchangeError, match=r"llama3 scaling .*low_freq_factor"):
+    interchange.config_from_hf(incomplete, llama_tiny.get_config())
+
+
+ROPE_SCALINGS = {  # model fields of each scaled RoPE the logit test exports
+    "linear": dict(rope_scaling="linear", rope_scaling_factor=4.0),
+    "ntk": dict(rope_scaling="ntk", rope_scaling_factor=4.0),
+    "yarn": dict(rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_max_seq_len=16,
+                 rope_yarn_beta_fast=8.0, rope_yarn_beta_slow=0.5),
+    "llama3": dict(rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_seq_len=16,
+                   rope_llama3_low_frequency_factor=1.0, rope_llama3_high_frequency_factor=4.0),
+}
+
+
+@pytest.mark.parametrize("scaling", list(ROPE_SCALINGS))
+def test_scaled_rope_exports_to_the_same_logits_and_imports_back(scaling, tmp_path, tokenizer_dir, tokens_dir):
+  """Scaled RoPE in transformers (its own rope_parameters code) gives our logits, and the config reads back."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  config = small_llama(tmp_path / "run", False, 16, tokens_dir)
+  config.model.update(ROPE_SCALINGS[scaling])
+  params = write_run(config, tokenizer_dir, seed=3)
+  out = str(tmp_path / "hf")
+  assert interchange.main(["export", "--run", config.train.run_dir, "--out", out]) == 0
+  model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+  tokens = np.random.default_rng(1).integers(5, 512, size=(2, 60)).astype(np.int32)
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+  m = config.model.copy_and_resolve_references()
+  m.compute_dtype = "float32"
+  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+  ours, _ = model_lib.from_config(m).apply({"params": params}, tokens, np.ones_like(tokens), positions)
+  np.testing.assert_allclose(theirs, np.asarray(ours), rtol=0, atol=1e-4)
+  plain = config.model.copy_and_resolve_references()
+  plain.update(compute_dtype="float32", rope_scaling="none", rope_scaling_factor=1.0)
+  unscaled, _ = model_lib.from_config(plain).apply({"params": params}, tokens, np.ones_like(tokens), positions)
+  assert np.abs(np.asarray(unscaled) - np.asarray(ours)).max() > 1e-2  # the scaling changed the model
+  with open(os.path.join(out, "config.json")) as f:
+    back = interchange.config_from_hf(json.load(f), llama_tiny.get_config()).model
+  if scaling == "ntk":  # written as plain RoPE with the NTK base
+    assert back.rope_scaling == "none"
+    assert back.rope_theta == pytest.approx(100.0 * 4.0 ** (16 / 14))
+  else:
+    assert {key: back[key] for key in ROPE_SCALINGS[scaling]} == ROPE_SCALINGS[scaling]

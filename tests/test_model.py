@@ -202,8 +202,9 @@ def test_rope_attention_score_depends_only_on_distance():
   k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 16))
 
   def score(pq, pk):
-    rq = positions_lib.apply_rope(q, jnp.array([[pq]]), 10000.0)
-    rk = positions_lib.apply_rope(k, jnp.array([[pk]]), 10000.0)
+    inv_freq, _ = positions_lib.rope_frequencies(16, 10000.0)
+    rq = positions_lib.apply_rope(q, jnp.array([[pq]]), inv_freq)
+    rk = positions_lib.apply_rope(k, jnp.array([[pk]]), inv_freq)
     return float(jnp.sum(rq * rk))
 
   assert abs(score(7, 3) - score(107, 103)) < 1e-4
