@@ -127,6 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.global_batch_size = 64  # packed rows per step, summed over all devices
   train.microbatches = 1  # gradient accumulation: the step's batch runs in this many pieces, gradients summed in float32
   train.seed = 0  # seed of parameter init and of the RNG carried in the train state
+  train.init_from = ""  # start from this model's parameters: a run dir (newest checkpoint), RUN_DIR/checkpoints/STEP or a Hugging Face Llama dir ('' = random init)
+  train.init_learning_rate_fraction = 0.2  # init_from: peak learning rate = this x the source run's (Hugging Face: x optim.peak_learning_rate); 0 = optim's as set
+  train.init_resize = False  # init_from: where vocab rows, layers or position rows differ, copy what fits and keep the rest freshly initialised (else refused)
   train.host_allocator = "reuse"  # glibc malloc: reuse (keep freed memory: no page faults per step; RSS stays at peak) | system
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
@@ -136,6 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.every_steps = 200  # validation loss every this many steps (and always at the end)
+  ev.at_start = False  # also evaluate before the first step of a new run (step 0: where forgetting / adaptation curves start)
   ev.masked_lm_seed = 0  # masked objective: seed of the fixed corruption of the validation rows
   ev.max_batches = 16  # validation batches per evaluation, a fixed sample of rows (0 = the whole validation split)
   ev.sample_prompts = ("def read_config(path):\n", "The list type")  # fixed prompts whose continuations are sampled

@@ -216,6 +216,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     raise ConfigError(str(e)) from None
 
   _require(t.steps > 0, f"train.steps must be positive, got {t.steps}")
+  _require(t.init_learning_rate_fraction >= 0, "train.init_learning_rate_fraction must be >= 0 (0 = "
+           f"optim.peak_learning_rate as set), got {t.init_learning_rate_fraction}")
   _require(t.run_dir != "", "train.run_dir must name a directory")
   for key in ("checkpoint.every_steps", "checkpoint.max_to_keep", "eval.every_steps", "eval.sample_every_steps",
               "log.every_steps", "guard.window"):

@@ -357,6 +357,16 @@ def read_tensors(hf_dir: str, m: ml_collections.ConfigDict) -> dict:
   return params
 
 
+def write_tokenizer(hf_dir: str, vocab_size: int, tokenizer_dir: str) -> None:
+  """Writes the SentencePiece tokenizer of `hf_dir` as our tokenizer directory (see `_read_tokenizer`)."""
+  spm_model, meta = _read_tokenizer(hf_dir, vocab_size)
+  os.makedirs(tokenizer_dir, exist_ok=True)
+  with open(os.path.join(tokenizer_dir, tokenizer_lib.MODEL_FILE), "wb") as f:
+    f.write(spm_model)
+  with open(os.path.join(tokenizer_dir, tokenizer_lib.META_FILE), "w", encoding="utf-8") as f:  # last: complete
+    json.dump(meta, f, indent=2, ensure_ascii=False)
+
+
 def import_(hf_dir: str, run_dir: str, config: ml_collections.ConfigDict | None = None,
             log: Callable[[str], None] = print) -> str:
   """Writes a new run directory holding the LlamaForCausalLM of `hf_dir` as its checkpoint at step 0.
@@ -376,15 +386,9 @@ def import_(hf_dir: str, run_dir: str, config: ml_collections.ConfigDict | None 
   with open(os.path.join(hf_dir, HF_CONFIG)) as f:
     config = config_from_hf(json.load(f), base.get_config() if config is None else config)
   config.train.run_dir = run_dir
-  spm_model, meta = _read_tokenizer(hf_dir, config.model.vocab_size)
+  _read_tokenizer(hf_dir, config.model.vocab_size)  # refused before any tensor is read
   params = read_tensors(hf_dir, config.model)
-
-  tokenizer_dir = os.path.join(run_dir, "tokenizer")
-  os.makedirs(tokenizer_dir, exist_ok=True)
-  with open(os.path.join(tokenizer_dir, tokenizer_lib.MODEL_FILE), "wb") as f:
-    f.write(spm_model)
-  with open(os.path.join(tokenizer_dir, tokenizer_lib.META_FILE), "w", encoding="utf-8") as f:  # last: complete
-    json.dump(meta, f, indent=2, ensure_ascii=False)
+  write_tokenizer(hf_dir, config.model.vocab_size, os.path.join(run_dir, "tokenizer"))
   # The checkpoint's loader position must be that of the stream a launch of this config builds, or the
   # launch refuses it as another data stream.
   data_iterator = loader.TrainIterator(train.prepare_data(config, run_dir).stream)

@@ -40,6 +40,7 @@ from lm import config as config_lib
 from lm import evaluate as evaluate_lib
 from lm import generate as generate_lib
 from lm import guard as guard_lib
+from lm import initialize
 from lm import metrics as metrics_lib
 from lm import model as model_lib
 from lm import objectives
@@ -115,6 +116,7 @@ class Trainer:
   token_scores: Callable  # (params, batch) -> (target log-probabilities [batch, seq], target is the argmax)
   noise_scale_sums: Callable  # (params, batch) -> squared gradient norms of the batch's halves and of all of it
   abstract_state: TrainState  # ShapeDtypeStructs with shardings, never allocated: the target of a restore
+  param_axes: Any  # parameter tree of PartitionSpecs of logical axis names ("vocab", "embed", "layers", ...)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
@@ -265,6 +267,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
       noise_scale_sums=in_context(jax.jit(noise_scale_sums, in_shardings=(state_shardings.params, batch_sharding),
                                           out_shardings=replicated)),
       abstract_state=abstract_state,
+      param_axes=nn.get_partition_spec(boxed).params,
   )
 
 
@@ -466,14 +469,23 @@ def run(config: ml_collections.ConfigDict,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   is_main = jax.process_index() == 0
   run_dir = os.path.abspath(config.train.run_dir)
+  source = None
+  if config.train.init_from:
+    source = initialize.find_source(config.train.init_from, config)
+    config = initialize.resolve_learning_rate(config, source)
   changed = run_dir_lib.prepare(config, is_main, state_layout)
   if changed:
     _log(f"config changed since the last launch of this run: {run_dir_lib.describe(changed)}")
   mesh = sharding.make_mesh(config.mesh)
   _log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
        f"{jax.process_count()} process(es); run dir {run_dir}")
+  if source is not None and is_main:
+    initialize.place_tokenizer(config, source, run_dir)
+  _sync("tokenizer placed")
   data = prepare_data(config, run_dir)
   tokenizer, validation_rows = data.tokenizer, data.validation_rows
+  if source is not None:
+    initialize.check_tokenizer(config, source, run_dir, data.tokens_dir)
   if config.model.objective == "masked" and tokenizer.mask_id != tokenizer_lib.MASK_ID:
     raise config_lib.ConfigError(
         f"model.objective 'masked' needs a tokenizer with a <mask> piece (id {tokenizer_lib.MASK_ID}); "
@@ -498,6 +510,11 @@ def run(config: ml_collections.ConfigDict,
     _log(f"resumed from step {latest} ({checkpointer.step_dir(latest)})")
   else:
     state = trainer.init_state(jax.random.PRNGKey(config.train.seed))
+    if source is not None:
+      state = state.replace(params=initialize.load_params(config, source, trainer, state.params, _log))
+      _log(f"learning rate: warmup {config.optim.warmup_steps} steps to {config.optim.peak_learning_rate:.3g}"
+           + (f" ({config.train.init_learning_rate_fraction:g} x the source's peak)"
+              if config.train.init_learning_rate_fraction else "") + f", then decay over {config.train.steps} steps")
   compute = params_lib.training_compute(config)
   flops_per_token = compute["flops_per_token"]
   peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
@@ -519,6 +536,9 @@ def run(config: ml_collections.ConfigDict,
     writer.event(int(state.step), "config_changed", changes={k: list(v) for k, v in changed.items()})
   if latest is not None:
     writer.event(latest, "resumed", checkpoint=checkpointer.step_dir(latest), batch=data_iterator.step)
+  elif source is not None:
+    writer.event(0, "initialized_from", source=source.path, kind=source.kind,
+                 peak_learning_rate=config.optim.peak_learning_rate)
   _log(f"compute: N = {compute['params_total']:,.0f} parameters ({compute['params_non_embedding']:,.0f} "
        f"non-embedding), D = {compute['tokens']:,.0f} tokens, C = 6ND = {compute['compute_6nd']:.3e} FLOPs "
        f"(6ND non-embedding {compute['compute_6nd_non_embedding']:.3e}; with attention {compute['compute']:.3e})")
@@ -657,6 +677,10 @@ def run(config: ml_collections.ConfigDict,
     return restored, target
 
   step = int(state.step)
+  if config.eval.at_start and latest is None:  # the curves' starting point: the source's quality, or chance
+    start = time.perf_counter()
+    val_loss = run_evaluation(0)
+    timers["eval"] += time.perf_counter() - start
   pending = None  # (step, batch index, device metrics) of the last step, read one step late
   preempted = None
   while step < total_steps:
