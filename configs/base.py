@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.mixture_temperature = 1.0  # without mixture weights: source i drawn in proportion to tokens_i^(1/T)
   data.mixture_epochs = ()  # (source, epochs) pairs: shown exactly this many times over train.steps
   data.curriculum = ()  # (step, ((source, weight), ...)) stages: from that step on these weights replace mixture
+  data.replay_sources = ()  # sources of the original (pre-training) domain: replayed at replay_fraction, evaluated as eval/original
+  data.replay_fraction = 0.5  # share of every batch's rows from replay_sources (the rest from the others, the new domain); 0 = none
   data.num_workers = 0  # grain worker processes reading batches; 0 = threads of the training process
   data.prefetch_batches = 1  # batches read ahead (one thread each); on a 2-core host more threads slow the step ~15%
   data.verify_checksums = True  # sha256 of every shard against the manifest at start (sizes are always checked)

@@ -184,8 +184,9 @@ def _weight_pairs(pairs, key: str, names: Sequence[str]) -> dict[str, float]:
 
 def build_mixture(names: Sequence[str], source_pairs: dict[str, int], source_rows: dict[str, int], *,
                   mixture=(), temperature: float = 1.0, epochs=(), curriculum=(), total_steps: int,
-                  global_batch_size: int) -> Mixture:
-  """The stages of `data.mixture`, `data.mixture_temperature`, `data.mixture_epochs` and `data.curriculum`.
+                  global_batch_size: int, replay_sources=(), replay_fraction: float = 0.5) -> Mixture:
+  """The stages of `data.mixture`, `data.mixture_temperature`, `data.mixture_epochs` and `data.curriculum`,
+  with `data.replay_sources` taking `data.replay_fraction` of every stage's rows (see `_with_replay`).
 
   names: the sources of the tokens directory, sorted. source_pairs / source_rows: training
     next-token pairs and rows of each.
@@ -239,7 +240,38 @@ def build_mixture(names: Sequence[str], source_pairs: dict[str, int], source_row
     row = np.array([fixed[n] if n in fixed else (1.0 - sum(fixed.values())) * weights.get(n, 0.0) / free
                     for n in names])
     rows.append(row / row.sum())
+  if replay_sources:
+    if fixed:
+      raise MixtureError("data.replay_sources and data.mixture_epochs both fix shares; give the replay share one way")
+    sizes = np.array([float(source_pairs[n]) for n in names])
+    rows = [_with_replay(row, names, sizes, replay_sources, replay_fraction, key)
+            for row, (_, _, key) in zip(rows, stages)]
   return Mixture(names, tuple(s for s, _, _ in stages), np.stack(rows))
+
+
+def _with_replay(row: np.ndarray, names: tuple[str, ...], sizes: np.ndarray, replay_sources, fraction: float,
+                 key: str) -> np.ndarray:
+  """`row` (weights over `names`) rescaled so that `replay_sources` hold `fraction` of it and the other (new-domain)
+  sources the rest. Within each group the shares follow `row`, or the sources' sizes where `row` gives the group
+  nothing (so that a mixture naming only the new domain still replays the original at `fraction`)."""
+  unknown = [n for n in replay_sources if n not in names]
+  if unknown:
+    raise MixtureError(f"data.replay_sources names {unknown[0]!r}, which the tokens do not have (sources: "
+                       f"{', '.join(names)})")
+  if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+    raise MixtureError(f"data.replay_fraction must be in [0, 1], got {fraction!r}")
+  replay = np.array([n in replay_sources for n in names])
+  out = np.zeros_like(row)
+  for group, share, what in ((replay, fraction, "data.replay_sources"),
+                             (~replay, 1.0 - fraction, "the new-domain sources (those not in data.replay_sources)")):
+    if share == 0:
+      continue
+    weights = row[group] if row[group].sum() > 0 else sizes[group]
+    if weights.sum() <= 0:
+      raise MixtureError(f"{key} with data.replay_fraction {fraction}: {what} have no training rows to give "
+                         f"{share:.0%} of the batch")
+    out[group] = share * weights / weights.sum()
+  return out
 
 
 # --- the stream of batches -----------------------------------------------------------------------------------------
@@ -326,13 +358,15 @@ class Stream:
 
 
 def make_stream(train_splits: dict[str, SplitTokens], *, seq_len: int, global_batch_size: int, seed: int, pad_id: int,
-                total_steps: int, mixture=(), temperature: float = 1.0, epochs=(), curriculum=()) -> Stream:
+                total_steps: int, mixture=(), temperature: float = 1.0, epochs=(), curriculum=(), replay_sources=(),
+                replay_fraction: float = 0.5) -> Stream:
   """The Stream of the training splits of every source under the mixture settings (see `build_mixture`)."""
   names = tuple(sorted(train_splits))
   pairs = {name: int((train_splits[name].lengths - 1).sum()) for name in names}
   mix = build_mixture(names, pairs, {name: -(-n // seq_len) for name, n in pairs.items()}, mixture=mixture,
                       temperature=temperature, epochs=epochs, curriculum=curriculum, total_steps=total_steps,
-                      global_batch_size=global_batch_size)
+                      global_batch_size=global_batch_size, replay_sources=replay_sources,
+                      replay_fraction=replay_fraction)
   return Stream(train_splits, mix, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed, pad_id=pad_id)
 
 

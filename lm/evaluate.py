@@ -316,6 +316,21 @@ def evaluate_sources(eval_step: Callable[[Any, Any], tuple[jax.Array, jax.Array]
   return results
 
 
+def domain_losses(results: dict[str, dict[str, float]], original_sources) -> dict[str, float]:
+  """{"original": loss, "new": loss}, token-weighted over the sources in `original_sources` (data.replay_sources)
+  and over the others, of `evaluate_sources` results (without "all"); {} when no original sources are named.
+  Continued pre-training reads forgetting off the first and adaptation off the second."""
+  if not original_sources:
+    return {}
+  out = {}
+  for domain, members in (("original", [n for n in results if n in original_sources]),
+                          ("new", [n for n in results if n not in original_sources])):
+    tokens = sum(results[n]["tokens"] for n in members)
+    if tokens:
+      out[domain] = sum(results[n]["loss"] * results[n]["tokens"] for n in members) / tokens
+  return out
+
+
 def perplexity_of_tokens(run, tokens_dir: str, split: str, max_rows: int) -> dict[str, dict[str, float]]:
   """Loss, perplexity and bits per byte of each source of the token shards `tokens_dir` (and of all: "all")."""
   from data import loader  # pylint: disable=import-outside-toplevel

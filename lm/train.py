@@ -370,7 +370,8 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
     stream = loader.make_stream(
         train_splits, seq_len=seq_len, global_batch_size=batch_size, seed=d.shuffle_seed, pad_id=tokenizer.pad_id,
         total_steps=config.train.steps, mixture=d.mixture, temperature=d.mixture_temperature,
-        epochs=d.mixture_epochs, curriculum=d.curriculum)
+        epochs=d.mixture_epochs, curriculum=d.curriculum, replay_sources=d.replay_sources,
+        replay_fraction=d.replay_fraction)
   except (shards.ShardError, loader.MixtureError) as e:
     raise config_lib.ConfigError(str(e)) from None
   # Each source's validation loss and the unigram entropy it is compared with are measured on the same rows.
@@ -559,8 +560,12 @@ def run(config: ml_collections.ConfigDict,
     for name, result in results.items():
       scalars[f"eval/{name}/loss"] = result["loss"]
       scalars[f"eval/{name}/bits_per_byte"] = result["bits_per_byte"]
+    domains = evaluate_lib.domain_losses(results, config.data.replay_sources)
+    for domain, loss in domains.items():
+      scalars[f"eval/{domain}/loss"] = loss
     writer.write(step, scalars)
-    per_source = ", ".join(f"{name} {result['loss']:.4f}" for name, result in results.items())
+    per_source = ", ".join(f"{name} {result['loss']:.4f}" for name, result in {
+        **results, **{domain: {"loss": loss} for domain, loss in domains.items()}}.items())
     _log(f"eval  step {step}: val_loss {overall['loss']:.4f}  perplexity {overall['perplexity']:.2f}  "
          f"bits/byte {overall['bits_per_byte']:.4f}  ({overall['tokens']:,.0f} tokens; {per_source})")
     return overall["loss"]

@@ -183,3 +183,10 @@ def test_cli_reports_perplexity_per_source_and_task_scores(trained_run, tokens_d
   assert "skipped 1 (missing field 'sol2'; first at line 121)" in result.stdout
   missing = _cli("--run", str(tmp_path / "nowhere"), "--task", "piqa", "--data", task_files["piqa"])
   assert missing.returncode == 1 and "is not a run directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_domain_losses_are_token_weighted_over_original_and_new_sources():
+  results = {"docs": {"loss": 2.0, "tokens": 100.0}, "wiki": {"loss": 4.0, "tokens": 300.0},
+             "code": {"loss": 1.0, "tokens": 50.0}}
+  assert evaluate.domain_losses(results, ("docs", "wiki")) == {"original": 3.5, "new": 1.0}
+  assert evaluate.domain_losses(results, ()) == {}

@@ -36,6 +36,7 @@ def test_step_0_reproduces_the_checkpoint_validation_loss(trained_run, tmp_path)
   config = continued(trained_run, tmp_path)
   config.train.steps, config.optim.warmup_steps = 4, 2
   config.eval.at_start, config.eval.every_steps = True, 4
+  config.data.replay_sources, config.data.replay_fraction = ("docs",), 0.25  # code is the "new" domain here
   result = train.run(config)
   with open(os.path.join(trained_run, "result.json")) as f:
     source = json.load(f)
@@ -45,6 +46,10 @@ def test_step_0_reproduces_the_checkpoint_validation_loss(trained_run, tmp_path)
   assert first_eval["eval/loss"] == source["val_loss"]  # exactly: the same parameters on the same rows
   for name in ("code", "docs"):  # both domains are monitored from step 0
     assert f"eval/{name}/loss" in first_eval
+  assert first_eval["eval/original/loss"] == first_eval["eval/docs/loss"]
+  assert first_eval["eval/new/loss"] == first_eval["eval/code/loss"]
+  shares = [r["data/docs/share"] for r in records if "data/docs/share" in r]
+  assert shares[-1] == pytest.approx(0.25, abs=0.07)  # 4 steps of 8 rows
   event = next(r for r in records if r.get("event") == "initialized_from")
   assert event["source"] == trained_run and event["kind"] == "run"
   # A fresh schedule: warmup from 0 to 0.2 x the source's peak.

@@ -73,6 +73,29 @@ def test_temperature_and_fixed_epochs(tokens):
   assert epochs.report(1000)["code"]["share"] == pytest.approx(1.0 - epochs.report(1000)["docs"]["share"])
 
 
+def test_replay_takes_its_fraction_of_every_stage(tokens, row_source):
+  # The mixture names only the new domain; replay adds the original at 30% of the rows, in every stage.
+  stream = make_stream(tokens, SEQ, 100, mixture=(("code", 1.0),), curriculum=((20, (("code", 1.0),)),),
+                       replay_sources=("docs",), replay_fraction=0.3)
+  np.testing.assert_allclose(stream.mixture.weights, [[0.7, 0.3], [0.7, 0.3]])
+  counted = _source_counts(stream, row_source, range(40))
+  assert abs(counted["docs"] / 4000 - 0.3) < 0.01
+  none = make_stream(tokens, SEQ, 100, replay_sources=("docs",), replay_fraction=0.0)  # size-proportional otherwise
+  np.testing.assert_allclose(none.mixture.weights, [[1.0, 0.0]])
+  assert none.report(10)["docs"]["rows"] == 0
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(replay_sources=("wiki",)), r"data.replay_sources names 'wiki'"),
+    (dict(replay_sources=("docs",), replay_fraction=1.5), r"data.replay_fraction must be in \[0, 1\]"),
+    (dict(replay_sources=("docs", "code"), replay_fraction=0.5), r"the new-domain sources .* have no training rows"),
+    (dict(replay_sources=("docs",), epochs=(("code", 0.01),)), r"data.replay_sources and data.mixture_epochs"),
+])
+def test_bad_replay_settings_fail_naming_the_key(tokens, settings, message):
+  with pytest.raises(loader.MixtureError, match=message):
+    make_stream(tokens, SEQ, 8, **settings)
+
+
 def test_packed_rows_never_cross_a_document_boundary(tokens):
   stream = make_stream(tokens, SEQ, 32)
   bos, eos = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
