@@ -15,6 +15,9 @@ at 0), which gives the scores of one request per row (tested) at a fraction of t
 
     python -m lm.evaluate --run RUN_DIR [--step S] --task perplexity --data TOKENS_DIR
     python -m lm.evaluate --run RUN_DIR --task hellaswag --data hellaswag.jsonl [--shots 5]
+
+Long-context evaluation (loss by position, the retrieval probe) is in lm/long_context.py and
+runs from the same command: --task position_loss | retrieval.
 """
 
 from __future__ import annotations
@@ -371,8 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m lm.evaluate", description=__doc__.split("\n")[0])
   parser.add_argument("--run", required=True, help="run directory")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest sound one)")
-  parser.add_argument("--task", required=True, choices=("perplexity",) + tasks_lib.TASKS)
-  parser.add_argument("--data", required=True, help="perplexity: token shards directory; tasks: JSONL file")
+  parser.add_argument("--task", required=True, choices=("perplexity", "position_loss", "retrieval") + tasks_lib.TASKS)
+  parser.add_argument("--data", required=True,
+                      help="perplexity, position_loss, retrieval: token shards directory; tasks: JSONL file")
   parser.add_argument("--split", default="validation", choices=("train", "validation"), help="perplexity: split")
   parser.add_argument("--max_rows", type=int, default=0, help="perplexity: rows per source (0 = all)")
   parser.add_argument("--shots", type=int, default=0, help="tasks: solved examples before each item")
@@ -380,6 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0, help="tasks: seed of the few-shot draws")
   parser.add_argument("--max_items", type=int, default=0, help="tasks: items scored (0 = all)")
   parser.add_argument("--too_long", default="truncate", choices=TOO_LONG, help="tasks: requests longer than a row")
+  parser.add_argument("--seq_len", type=int, default=0, help="position_loss: row length (default: the run's data.seq_len)")
+  parser.add_argument("--bucket", type=int, default=128, help="position_loss: positions per bucket")
+  parser.add_argument("--max_documents", type=int, default=64, help="position_loss: documents (rows) read (0 = all)")
+  parser.add_argument("--lengths", default="", help="retrieval: comma-separated probe lengths (default: data.seq_len)")
+  parser.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="retrieval: comma-separated needle depths in [0, 1]")
+  parser.add_argument("--trials", type=int, default=20, help="retrieval: probes per length and depth")
   parser.add_argument("--out", default="", help="also write the result as JSON here")
   args = parser.parse_args(argv)
 
@@ -392,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "perplexity":
       result: Any = perplexity_of_tokens(run, args.data, args.split, args.max_rows)
       print(format_perplexity(result))
+    elif args.task in ("position_loss", "retrieval"):
+      result = _long_context(run, args)
     else:
       result = evaluate_task(
           args.task, args.data, tokenizer=run.tokenizer, token_scores=run.trainer.token_scores, params=run.params,
@@ -406,6 +418,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.out, "w") as f:
       json.dump({"run": run.run_dir, "step": run.step, "task": args.task, "result": result}, f, indent=1)
   return 0
+
+
+def _long_context(run, args) -> Any:
+  """The position_loss or retrieval task of `main` on run `run`; prints its table."""
+  from data import shards  # pylint: disable=import-outside-toplevel
+  from lm import long_context  # pylint: disable=import-outside-toplevel
+  from lm import sharding  # pylint: disable=import-outside-toplevel
+  tokens = shards.open_tokens(args.data, tokenizer_dir=f"{run.run_dir}/tokenizer")
+  splits = [tokens.splits[name][args.split] for name in tokens.sources]
+  batch_size = sharding.data_parallel_size(run.trainer.mesh)
+  put = lambda a: sharding.from_full_host_array(a, run.trainer.batch_sharding)  # noqa: E731
+  if args.task == "position_loss":
+    rows = long_context.long_document_rows(splits, args.seq_len or run.config.data.seq_len, args.max_documents)
+    result = long_context.loss_by_position(run.trainer.token_scores, run.params, rows, args.bucket, batch_size, put)
+    print(f"{len(rows['inputs'])} documents")
+    print(long_context.format_loss_by_position({f"step {run.step}": result}))
+    return result
+  lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [run.config.data.seq_len]
+  depths = [float(x) for x in args.depths.split(",")]
+  if any(not 0.0 <= d <= 1.0 for d in depths):
+    raise ValueError(f"--depths must lie in [0, 1], got {args.depths}")
+  filler = long_context.filler_ids(splits, 4 * max(lengths))
+  result = long_context.retrieval_probe(run.trainer.token_scores, run.params, run.tokenizer, filler, lengths, depths,
+                                        args.trials, batch_size, put, seed=args.seed)
+  print(long_context.format_retrieval({f"step {run.step}": result}))
+  return result
 
 
 if __name__ == "__main__":
