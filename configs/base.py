@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.mixture_temperature = 1.0  # without mixture weights: source i drawn in proportion to tokens_i^(1/T)
   data.mixture_epochs = ()  # (source, epochs) pairs: shown exactly this many times over train.steps
   data.curriculum = ()  # (step, ((source, weight), ...)) stages: from that step on these weights replace mixture
+  data.context_stages = ()  # (step, seq_len, rope_scaling_factor): from that step rows are seq_len long (fewer rows: tokens per step stay) and RoPE scaled
   data.replay_sources = ()  # sources of the original (pre-training) domain: replayed at replay_fraction, evaluated as eval/original
   data.replay_fraction = 0.5  # share of every batch's rows from replay_sources (the rest from the others, the new domain); 0 = none
   data.num_workers = 0  # grain worker processes reading batches; 0 = threads of the training process

@@ -370,6 +370,61 @@ def make_stream(train_splits: dict[str, SplitTokens], *, seq_len: int, global_ba
   return Stream(train_splits, mix, seq_len=seq_len, global_batch_size=global_batch_size, seed=seed, pad_id=pad_id)
 
 
+class StagedStream:
+  """Context stages: the batches of steps starts[k] .. starts[k + 1] - 1 are those of streams[k], a Stream of the
+  same sources and mixture packed at its own row length (with fewer rows per batch, so tokens per step stay).
+
+  Each stage's stream is indexed by the run's step, as if it had run from step 0: its rows start where a run at
+  that length would be by then, so no stage re-reads another stage's positions in its own order. Documents shown
+  in an earlier stage may be shown again, packed at the new length.
+  """
+
+  def __init__(self, streams: Sequence[Stream], starts: Sequence[int]):
+    if len(streams) != len(starts) or starts[0] != 0 or list(starts) != sorted(set(starts)):
+      raise ValueError(f"stage starts {list(starts)} must begin at 0 and increase, one per stream")
+    self.streams, self.starts = list(streams), tuple(int(s) for s in starts)
+    self.global_batch_size = math.gcd(*(s.global_batch_size for s in streams))  # divides every stage's rows
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return self.streams[0].names
+
+  def stage_of(self, step: int) -> int:
+    return int(np.searchsorted(np.asarray(self.starts), step, side="right")) - 1
+
+  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    return self.streams[self.stage_of(step)].batch(step, process_index, process_count)
+
+  def fingerprint(self) -> dict:
+    return {"stages": [s.fingerprint() for s in self.streams], "starts": list(self.starts)}
+
+  def report(self, step: int) -> dict[str, dict[str, float]]:
+    """As `Stream.report`, summed over the stages run before `step`: share of tokens, epochs, rows."""
+    rows = np.zeros(len(self.names), np.int64)
+    tokens = np.zeros(len(self.names), np.float64)
+    epochs = np.zeros(len(self.names), np.float64)
+    for k, stream in enumerate(self.streams):
+      end = min(step, self.starts[k + 1] if k + 1 < len(self.starts) else step)
+      if end <= self.starts[k]:
+        continue
+      used = stream.consumed(end) - stream.consumed(self.starts[k])
+      rows += used
+      tokens += used * stream.seq_len
+      epochs += [used[i] / stream.num_rows(i) if stream.num_rows(i) else 0.0 for i in range(len(self.names))]
+    total = max(float(tokens.sum()), 1.0)
+    return {name: {"share": float(tokens[i]) / total, "epochs": float(epochs[i]), "rows": int(rows[i])}
+            for i, name in enumerate(self.names)}
+
+  def plan_table(self, total_steps: int) -> str:
+    ends = list(self.starts[1:]) + [total_steps]
+    parts = [f"stage from step {start} to {end}: rows of {stream.seq_len} ids, {stream.global_batch_size} per batch\n"
+             + stream.plan_table(total_steps) for start, end, stream in zip(self.starts, ends, self.streams)]
+    report = self.report(total_steps)
+    parts.append("whole run (share of tokens, epochs): " + ", ".join(
+        f"{name} {e['share']:.3f} / {e['epochs']:.2f}" for name, e in report.items()))
+    return "\n".join(parts)
+
+
 def _batch_of_step(stream: Stream, process_index: int, process_count: int, step: int) -> dict[str, np.ndarray]:
   return stream.batch(step, process_index, process_count)
 

@@ -170,6 +170,47 @@ def _validate_tasks(ev: ml_collections.ConfigDict, m: ml_collections.ConfigDict)
            f"eval.tasks score continuations, which needs model.objective 'causal', got {m.objective!r}")
 
 
+def context_stages(config: ml_collections.ConfigDict) -> list[tuple[int, ml_collections.ConfigDict]]:
+  """(first step, config) of each context stage: stage 0 is the config itself from step 0, then one per entry of
+  data.context_stages with data.seq_len, model.rope_scaling_factor and train.global_batch_size (rows, so that the
+  tokens per step stay those of stage 0) set. The entries are assumed valid (`validate`)."""
+  stages = [(0, config)]
+  tokens_per_step = config.train.global_batch_size * config.data.seq_len
+  for step, seq_len, factor in config.data.context_stages:
+    stage = copy.deepcopy(config)
+    stage.data.seq_len, stage.model.rope_scaling_factor = seq_len, float(factor)
+    stage.train.global_batch_size = tokens_per_step // seq_len
+    stages.append((step, stage))
+  return stages
+
+
+def _validate_context_stages(config: ml_collections.ConfigDict, data_parallel: int, process_count: int) -> None:
+  m, d, t = config.model, config.data, config.train
+  last_step, last_len = 0, d.seq_len
+  tokens_per_step = t.global_batch_size * d.seq_len
+  for i, entry in enumerate(d.context_stages):
+    key = f"data.context_stages[{i}]"
+    _require(isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], int)
+             and isinstance(entry[1], int) and isinstance(entry[2], (int, float)),
+             f"{key}: expected (step, seq_len, rope_scaling_factor), got {entry!r}")
+    step, seq_len, factor = entry
+    _require(step > last_step, f"{key}: stage steps must increase from 1 on, got {step} after {last_step}")
+    _require(step < t.steps, f"{key}: step {step} is not before train.steps ({t.steps})")
+    _require(seq_len > last_len, f"{key}: seq_len must increase stage by stage, got {seq_len} after {last_len}")
+    _require(seq_len <= m.max_seq_len, f"{key}: seq_len {seq_len} exceeds model.max_seq_len ({m.max_seq_len})")
+    _require(factor >= 1.0, f"{key}: the RoPE scaling factor must be >= 1, got {factor}")
+    _require(factor == 1.0 or m.rope_scaling != "none", f"{key}: a RoPE scaling factor of {factor} needs a method: "
+             "set model.rope_scaling (linear | ntk | yarn | llama3)")
+    rows = tokens_per_step // seq_len
+    _require(tokens_per_step % seq_len == 0 and rows % (data_parallel * t.microbatches * process_count) == 0,
+             f"{key}: the {tokens_per_step} tokens per step (train.global_batch_size x data.seq_len) must make "
+             f"whole rows of {seq_len}, a multiple of the data-parallel size x train.microbatches x processes "
+             f"({data_parallel} x {t.microbatches} x {process_count}); got {tokens_per_step / seq_len:g} rows")
+    last_step, last_len = step, seq_len
+  _require(not (d.context_stages and d.mixture_epochs), "data.context_stages and data.mixture_epochs do not combine: "
+           "epochs are counted in rows of one length")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
   """Raises ConfigError naming the offending key if `config` cannot start a run on `num_devices` devices."""
   _check_against_base(config, base.get_config(), "")
@@ -209,6 +250,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   _require(t.global_batch_size % process_count == 0,
            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of the {process_count} processes: "
            "each process reads an equal share of every batch")
+  _validate_context_stages(config, data_parallel, process_count)
   # Every parameter dimension must split evenly over the mesh axes its logical name maps to.
   try:
     sharding.check_divisible(model.abstract_params(m), sharding.rules(mesh), sizes)

@@ -301,7 +301,7 @@ def _log(message: str) -> None:
 class RunData:
   tokenizer: tokenizer_lib.Tokenizer
   tokens_dir: str  # the token shards read (data.tokens_dir, or RUN_DIR/tokens written at launch)
-  stream: loader.Stream  # the training batches as a function of the step
+  stream: loader.Stream | loader.StagedStream  # the training batches as a function of the step
   validation_rows: dict[str, dict[str, np.ndarray]]  # source -> its fixed validation rows ([rows, seq_len] int32)
   unigram_entropy: float  # nats / token of all validation targets' unigram distribution
 
@@ -367,11 +367,14 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
     tokenizer = tokenizer_lib.load(tokenizer_dir)
     seq_len, batch_size = d.seq_len, config.train.global_batch_size
     train_splits = {name: tokens.splits[name]["train"] for name in tokens.sources}
-    stream = loader.make_stream(
-        train_splits, seq_len=seq_len, global_batch_size=batch_size, seed=d.shuffle_seed, pad_id=tokenizer.pad_id,
-        total_steps=config.train.steps, mixture=d.mixture, temperature=d.mixture_temperature,
-        epochs=d.mixture_epochs, curriculum=d.curriculum, replay_sources=d.replay_sources,
-        replay_fraction=d.replay_fraction)
+    streams = [loader.make_stream(
+        train_splits, seq_len=stage.data.seq_len, global_batch_size=stage.train.global_batch_size,
+        seed=d.shuffle_seed, pad_id=tokenizer.pad_id, total_steps=config.train.steps, mixture=d.mixture,
+        temperature=d.mixture_temperature, epochs=d.mixture_epochs, curriculum=d.curriculum,
+        replay_sources=d.replay_sources, replay_fraction=d.replay_fraction)
+        for _, stage in config_lib.context_stages(config)]
+    stream = streams[0] if len(streams) == 1 else loader.StagedStream(
+        streams, [start for start, _ in config_lib.context_stages(config)])
   except (shards.ShardError, loader.MixtureError) as e:
     raise config_lib.ConfigError(str(e)) from None
   # Each source's validation loss and the unigram entropy it is compared with are measured on the same rows.
@@ -497,7 +500,16 @@ def run(config: ml_collections.ConfigDict,
       data.stream, step=0, process_index=jax.process_index(), process_count=jax.process_count(),
       num_workers=config.data.num_workers, prefetch=config.data.prefetch_batches)
 
-  trainer = build(config, mesh)
+  # One trainer per context stage (its row length and RoPE scaling; the state's layout is the same in all).
+  stages = config_lib.context_stages(config)
+  stage_starts = [start for start, _ in stages]
+  trainers = [build(stage, mesh) for _, stage in stages]
+  trainer, stage_config = trainers[0], config
+
+  def stage_of(step: int) -> int:
+    """The context stage that runs step `step` (0-based: the step taken from state.step == step)."""
+    return int(np.searchsorted(np.asarray(stage_starts), step, side="right")) - 1
+
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
                                              config.checkpoint.max_to_keep, config.checkpoint.keep_every_steps)
   try:
@@ -518,6 +530,12 @@ def run(config: ml_collections.ConfigDict,
               if config.train.init_learning_rate_fraction else "") + f", then decay over {config.train.steps} steps")
   compute = params_lib.training_compute(config)
   flops_per_token = compute["flops_per_token"]
+  stage_flops = [params_lib.training_compute(stage)["flops_per_token"] for _, stage in stages]
+
+  def flops_before(step: int) -> float:
+    """FLOPs per token summed over steps 0 .. step - 1, each at its stage's count."""
+    ends = stage_starts[1:] + [max(step, stage_starts[-1])]
+    return sum(f * max(0, min(step, end) - start) for f, start, end in zip(stage_flops, stage_starts, ends))
   peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   if is_main:
     run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count(), mfu_basis={
@@ -586,7 +604,7 @@ def run(config: ml_collections.ConfigDict,
     writer.write(step, scalars)
 
   def write_samples(step: int) -> str:
-    text = _samples(config, trainer, state.params, tokenizer, step)
+    text = _samples(stage_config, trainer, state.params, tokenizer, step)
     if is_main:
       with open(os.path.join(run_dir, "samples.txt"), "a") as f:
         f.write(f"=== step {step}\n{text}\n")
@@ -608,6 +626,7 @@ def run(config: ml_collections.ConfigDict,
     """Reads one step's device metrics (a step late), writes them with timings and memory, reports anomalies."""
     nonlocal last_read, window
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    flops_per_token = stage_flops[stage_of(metrics_step - 1)]
     now = time.perf_counter()
     seconds = now - last_read
     training_seconds = max(seconds - timers["eval"], 1e-9)  # evaluation and samples are not training time
@@ -619,7 +638,7 @@ def run(config: ml_collections.ConfigDict,
         # Cumulative, so that loss curves can be drawn against compute (C = 6ND and the full count).
         "compute/tokens": metrics_step * tokens_per_step,
         "compute/flops_6nd": 6 * compute["params_total"] * metrics_step * tokens_per_step,
-        "compute/flops": flops_per_token * metrics_step * tokens_per_step,
+        "compute/flops": flops_before(metrics_step) * tokens_per_step,
         **metrics_lib.memory_scalars()})
     # The realised mixture: closed-form counts of the rows each source gave to batches 0 .. batch_index.
     for name, entry in data.stream.report(batch_index + 1).items():
@@ -642,7 +661,8 @@ def run(config: ml_collections.ConfigDict,
       mean = metrics_lib.mean_of(window)
       training = sum(w["perf/step_seconds"] - w["perf/eval_seconds"] for w in window)
       mean["perf/tokens_per_second"] = len(window) * tokens_per_step / max(training, 1e-9)
-      mean["perf/mfu"] = flops_per_token * mean["perf/tokens_per_second"] / (peak * jax.device_count())
+      mean["perf/mfu"] = (stage_flops[stage_of(metrics_step - 1)] * mean["perf/tokens_per_second"]
+                          / (peak * jax.device_count()))
       _log(metrics_lib.progress_line(metrics_step, total_steps, mean, training / len(window)))
       window = []
     return scalars
@@ -694,6 +714,14 @@ def run(config: ml_collections.ConfigDict,
     host_batch = next(data_iterator)
     if batch_hook is not None:
       host_batch = batch_hook(batch_index, host_batch)
+    if trainers[stage_of(step)] is not trainer:  # a new context stage (or a resume inside one)
+      trainer, stage_config = trainers[stage_of(step)], stages[stage_of(step)][1]
+      _log(f"context stage {stage_of(step)} at step {step}: rows of {stage_config.data.seq_len} ids, "
+           f"{stage_config.train.global_batch_size} per batch, RoPE scaling "
+           f"{stage_config.model.rope_scaling} x{stage_config.model.rope_scaling_factor:g}")
+      writer.event(step, "context_stage", stage=stage_of(step), seq_len=stage_config.data.seq_len,
+                   rows=stage_config.train.global_batch_size,
+                   rope_scaling_factor=stage_config.model.rope_scaling_factor)
     batch = sharding.global_batch(host_batch, trainer.batch_sharding)
     timers["data"] += time.perf_counter() - wait_start
     state, metrics = trainer.train_step(state, batch)

@@ -154,3 +154,33 @@ def test_bad_model_shape_fails_at_launch_before_compiling(launch, tmp_path):
   assert result.returncode == 2
   assert "model.num_heads (4) must be a multiple of model.num_kv_heads (3)" in result.stderr
   assert "mesh" not in result.stdout  # nothing was built
+
+
+@pytest.mark.parametrize("stages, message", [
+    (((10, 128, 1.0), (10, 256, 1.0)), r"data.context_stages\[1\]: stage steps must increase from 1 on, got 10 after 10"),
+    (((10, 64, 1.0),), r"data.context_stages\[0\]: seq_len must increase stage by stage, got 64 after 64"),
+    (((10, 128, 0.5),), r"data.context_stages\[0\]: the RoPE scaling factor must be >= 1, got 0.5"),
+    (((10, 128, 2.0),), r"data.context_stages\[0\]: a RoPE scaling factor of 2.0 needs a method"),
+    (((10, 4096, 1.0),), r"data.context_stages\[0\]: seq_len 4096 exceeds model.max_seq_len \(2048\)"),
+    (((10, 1024, 1.0),), r"data.context_stages\[0\]: the 2048 tokens per step .* must make whole rows of 1024, a "
+                         r"multiple of the data-parallel size .*; got 2 rows"),
+    (((25, 128, 1.0),), r"data.context_stages\[0\]: step 25 is not before train.steps \(20\)"),
+    (((10, 128),), r"data.context_stages\[0\]: expected \(step, seq_len, rope_scaling_factor\)"),
+])
+def test_bad_context_stages_are_named(stages, message):
+  config = tiny.get_config()
+  config.train.global_batch_size = 32
+  config.data.context_stages = stages
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_context_stages_keep_the_tokens_per_step():
+  config = tiny.get_config()
+  config.train.global_batch_size = 32
+  config.model.rope_scaling = "yarn"
+  config.data.context_stages = ((5, 128, 2.0), (15, 256, 4.0))
+  config_lib.validate(config, num_devices=8)
+  stages = config_lib.context_stages(config)
+  assert [(s, c.data.seq_len, c.train.global_batch_size, c.model.rope_scaling_factor) for s, c in stages] == [
+      (0, 64, 32, 1.0), (5, 128, 16, 2.0), (15, 256, 8, 4.0)]

@@ -96,6 +96,28 @@ def test_bad_replay_settings_fail_naming_the_key(tokens, settings, message):
     make_stream(tokens, SEQ, 8, **settings)
 
 
+def test_staged_stream_switches_row_length_at_each_stage(tokens):
+  short = make_stream(tokens, SEQ, 8, mixture=(("code", 0.5), ("docs", 0.5)))
+  long = make_stream(tokens, 4 * SEQ, 2, mixture=(("code", 0.5), ("docs", 0.5)))
+  staged = loader.StagedStream([short, long], [0, 10])
+  _equal(staged.batch(9), short.batch(9))
+  _equal(staged.batch(10), long.batch(10))
+  assert staged.batch(10)["inputs"].shape == (2, 4 * SEQ) and staged.global_batch_size == 2
+  report = staged.report(20)  # 10 steps of each: shares are of tokens, equal halves here
+  assert sum(e["rows"] for e in report.values()) == 10 * 8 + 10 * 2
+  assert report["code"]["share"] == pytest.approx(0.5, abs=0.02)
+  assert report["docs"]["epochs"] == pytest.approx(
+      short.report(10)["docs"]["epochs"] + long.report(20)["docs"]["epochs"] - long.report(10)["docs"]["epochs"])
+  it = loader.TrainIterator(staged, step=8)
+  batches = [next(it) for _ in range(4)]
+  resumed = loader.TrainIterator(staged)
+  resumed.restore({"step": 10, "stream": staged.fingerprint()})
+  _equal(next(resumed), batches[2])
+  assert "stage from step 10 to 20: rows of 256 ids, 2 per batch" in staged.plan_table(20)
+  with pytest.raises(ValueError, match="must begin at 0 and increase"):
+    loader.StagedStream([short, long], [0, 0])
+
+
 def test_packed_rows_never_cross_a_document_boundary(tokens):
   stream = make_stream(tokens, SEQ, 32)
   bos, eos = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID

@@ -273,3 +273,34 @@ def test_a_completed_run_records_n_d_and_c_in_run_json_result_json_and_the_metri
   # The params report states the same run totals.
   report = params_lib.report(config, {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1})
   assert f"{compute['compute_6nd']:.3e}" in report and f"{tokens:,.0f}" in report
+
+
+def test_context_stages_in_one_run_resume_inside_a_stage(tokens_dir, tmp_path):
+  """Steps 0-2 at 64 ids x 16 rows, then 128 x 8 with RoPE x2; a resume inside the second stage ends the same."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  def config_for(name):
+    config = tiny.get_config()
+    config.train.run_dir, config.data.tokens_dir = str(tmp_path / name), tokens_dir
+    config.train.steps, config.train.global_batch_size = 6, 16
+    config.model.rope_scaling = "linear"
+    config.data.context_stages = ((3, 128, 2.0),)
+    config.checkpoint.every_steps, config.eval.every_steps, config.eval.sample_every_steps = 4, 6, 100
+    config.log.noise_scale_every_steps = 0
+    return config
+
+  whole = train.run(config_for("whole"))
+  with open(tmp_path / "whole" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  stage = [r for r in records if r.get("event") == "context_stage"]
+  assert [(r["step"], r["seq_len"], r["rows"], r["rope_scaling_factor"]) for r in stage] == [(3, 128, 8, 2.0)]
+  tokens = {r["step"]: r["train/target_tokens"] for r in records if "train/target_tokens" in r}
+  assert all(900 < tokens[s] <= 1024 for s in range(1, 7))  # 16 x 64 and 8 x 128 rows: the same tokens per step
+  flops = {r["step"]: r["compute/flops"] for r in records if "compute/flops" in r}
+  assert flops[6] - flops[5] > flops[3] - flops[2]  # longer rows cost more attention per token
+
+  config = config_for("resumed")
+  train.run(config.copy_and_resolve_references())
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if stopped after the save at step 4
+  resumed = train.run(config)
+  assert resumed["resumed_from"] == 4 and resumed["val_loss"] == whole["val_loss"]
