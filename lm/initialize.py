@@ -125,6 +125,22 @@ def resolve_learning_rate(config: ml_collections.ConfigDict, source: Source) -> 
   return config
 
 
+def has_checkpoints(run_dir: str) -> bool:
+  """Whether `run_dir` holds a checkpoint step directory already (a relaunch, which resumes instead)."""
+  directory = os.path.join(run_dir, "checkpoints")
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def keep_learning_rate(config: ml_collections.ConfigDict, run_dir: str) -> ml_collections.ConfigDict:
+  """`config` with the peak learning rate its run resolved at its first launch (RUN_DIR/config.json), when
+  train.init_learning_rate_fraction derives it."""
+  if not config.train.init_learning_rate_fraction or not os.path.exists(os.path.join(run_dir, run_dir_lib.CONFIG)):
+    return config
+  config = config.copy_and_resolve_references()
+  config.optim.peak_learning_rate = run_dir_lib.load_config(run_dir).optim.peak_learning_rate
+  return config
+
+
 def place_tokenizer(config: ml_collections.ConfigDict, source: Source, run_dir: str) -> None:
   """Tokenizing at launch (no data.tokens_dir): puts the source's tokenizer in RUN_DIR/tokenizer first, so the
   launch tokenizes with it instead of training one. Skipped when the run has a tokenizer already, or when

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import shutil
@@ -126,7 +125,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
   rules = sharding.rules(config.mesh)
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
   schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
-  seq_len = config.data.seq_len
 
   init_boxed = _init_function(config, model, optimizer)
 
@@ -474,7 +472,11 @@ def run(config: ml_collections.ConfigDict,
   is_main = jax.process_index() == 0
   run_dir = os.path.abspath(config.train.run_dir)
   source = None
-  if config.train.init_from:
+  if config.train.init_from and initialize.has_checkpoints(run_dir):
+    # A relaunch resumes its own checkpoints: the source is not read again (it may be gone), and the
+    # peak learning rate stays the one resolved at the first launch.
+    config = initialize.keep_learning_rate(config, run_dir)
+  elif config.train.init_from:
     source = initialize.find_source(config.train.init_from, config)
     config = initialize.resolve_learning_rate(config, source)
   changed = run_dir_lib.prepare(config, is_main, state_layout)
@@ -507,7 +509,7 @@ def run(config: ml_collections.ConfigDict,
   trainer, stage_config = trainers[0], config
 
   def stage_of(step: int) -> int:
-    """The context stage that runs step `step` (0-based: the step taken from state.step == step)."""
+    """The context stage of step (or batch) `step`, 0-based."""
     return int(np.searchsorted(np.asarray(stage_starts), step, side="right")) - 1
 
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
@@ -714,12 +716,15 @@ def run(config: ml_collections.ConfigDict,
     host_batch = next(data_iterator)
     if batch_hook is not None:
       host_batch = batch_hook(batch_index, host_batch)
-    if trainers[stage_of(step)] is not trainer:  # a new context stage (or a resume inside one)
-      trainer, stage_config = trainers[stage_of(step)], stages[stage_of(step)][1]
-      _log(f"context stage {stage_of(step)} at step {step}: rows of {stage_config.data.seq_len} ids, "
+    # The batch's stage (its row length) picks the trainer; after a rollback's skipped batches the data
+    # position runs ahead of the step, and the stage follows the data.
+    index = stage_of(batch_index)
+    if trainers[index] is not trainer:  # a new context stage (or a resume inside one)
+      trainer, stage_config = trainers[index], stages[index][1]
+      _log(f"context stage {index} at step {step} (batch {batch_index}): rows of {stage_config.data.seq_len} ids, "
            f"{stage_config.train.global_batch_size} per batch, RoPE scaling "
            f"{stage_config.model.rope_scaling} x{stage_config.model.rope_scaling_factor:g}")
-      writer.event(step, "context_stage", stage=stage_of(step), seq_len=stage_config.data.seq_len,
+      writer.event(step, "context_stage", stage=index, batch=batch_index, seq_len=stage_config.data.seq_len,
                    rows=stage_config.train.global_batch_size,
                    rope_scaling_factor=stage_config.model.rope_scaling_factor)
     batch = sharding.global_batch(host_batch, trainer.batch_sharding)

@@ -89,13 +89,14 @@ def test_greedy_with_the_cache_equals_full_forward_passes(rope):
   assert generator.num_compiled == 1  # the same batch and lengths reuse the compiled prefill and step
 
 
-@pytest.mark.parametrize("variant", ["learned", "alibi_local", "none_local"])
+@pytest.mark.parametrize("variant", ["learned", "alibi_local", "none_local", "yarn"])
 def test_greedy_equivalence_for_other_positions_and_sliding_windows(variant):
   overrides = {
       "learned": dict(position_embedding="learned", max_seq_len=16),  # 16 < 9 + 12 - 1: the context ends first
       "alibi_local": dict(position_embedding="alibi", attention_pattern=("local", "global"), sliding_window=4),
       "none_local": dict(position_embedding="none", attention_pattern=("local",), sliding_window=3,
                          num_kv_heads=1),
+      "yarn": dict(rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_max_seq_len=4),  # decoding scales too
   }[variant]
   model, config, params = _model(**overrides)
   result = _generator(model, config, on_mesh=variant == "learned").generate(params, PROMPTS, max_new_tokens=12,

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -33,7 +34,9 @@ def metrics(run_dir):
 
 
 def test_step_0_reproduces_the_checkpoint_validation_loss(trained_run, tmp_path):
-  config = continued(trained_run, tmp_path)
+  source_dir = str(tmp_path / "source")  # a copy: it is deleted before the relaunch
+  shutil.copytree(trained_run, source_dir)
+  config = continued(source_dir, tmp_path)
   config.train.steps, config.optim.warmup_steps = 4, 2
   config.eval.at_start, config.eval.every_steps = True, 4
   config.data.replay_sources, config.data.replay_fraction = ("docs",), 0.25  # code is the "new" domain here
@@ -51,15 +54,17 @@ def test_step_0_reproduces_the_checkpoint_validation_loss(trained_run, tmp_path)
   shares = [r["data/docs/share"] for r in records if "data/docs/share" in r]
   assert shares[-1] == pytest.approx(0.25, abs=0.07)  # 4 steps of 8 rows
   event = next(r for r in records if r.get("event") == "initialized_from")
-  assert event["source"] == trained_run and event["kind"] == "run"
+  assert event["source"] == source_dir and event["kind"] == "run"
   # A fresh schedule: warmup from 0 to 0.2 x the source's peak.
-  source_peak = run_dir_lib.load_config(trained_run).optim.peak_learning_rate
+  source_peak = run_dir_lib.load_config(source_dir).optim.peak_learning_rate
   rates = [r["train/learning_rate"] for r in records if "train/learning_rate" in r]
   assert rates[0] == 0.0 and max(rates) == pytest.approx(0.2 * source_peak)
   assert run_dir_lib.load_config(config.train.run_dir).optim.peak_learning_rate == pytest.approx(0.2 * source_peak)
   assert result["step"] == 4 and result["resumed_from"] is None
-  # A relaunch resumes the new run's own checkpoint, not the source.
+  # A relaunch resumes the new run's own checkpoint and needs the source no more.
+  shutil.rmtree(source_dir)
   assert train.run(config)["resumed_from"] == 4
+  assert run_dir_lib.load_config(config.train.run_dir).optim.peak_learning_rate == pytest.approx(0.2 * source_peak)
 
 
 def build(config):
@@ -140,7 +145,6 @@ def test_another_tokenizer_is_refused(trained_run, tmp_path):
   os.makedirs(run_dir)
   initialize.place_tokenizer(config.copy_and_resolve_references(), source, run_dir)  # tokens_dir set: not placed
   assert not os.path.exists(os.path.join(run_dir, "tokenizer"))
-  import shutil  # pylint: disable=import-outside-toplevel
   shutil.copytree(os.path.join(trained_run, "tokenizer"), os.path.join(run_dir, "tokenizer"))
   with pytest.raises(config_lib.ConfigError, match="written with another tokenizer"):
     initialize.check_tokenizer(config, source, run_dir, config.data.tokens_dir)
@@ -154,3 +158,16 @@ def test_bad_sources_are_named(path, message, tmp_path, trained_run):
   config = continued(trained_run, tmp_path)
   with pytest.raises(config_lib.ConfigError, match=f"train.init_from: .*{message}"):
     initialize.find_source(path.format(tmp=tmp_path), config)
+
+
+def test_tokenizing_at_launch_uses_the_source_tokenizer(trained_run, tmp_path):
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  config = continued(trained_run, tmp_path)
+  config.data.tokens_dir = ""  # tokenize data.path at launch: with the source's tokenizer, not a new one
+  source = initialize.find_source(trained_run, config)
+  run_dir = str(tmp_path / "new")
+  initialize.place_tokenizer(config, source, run_dir)
+  assert tokenizer_lib.model_hash(os.path.join(run_dir, "tokenizer")) == source.tokenizer_hash
+  config.model.vocab_size = 640  # a resized vocabulary needs its own tokenizer: none is placed
+  initialize.place_tokenizer(config, source, str(tmp_path / "other"))
+  assert not os.path.exists(tmp_path / "other" / "tokenizer")

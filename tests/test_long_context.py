@@ -2,11 +2,9 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
-from data import shards
 from lm import evaluate
 from lm import load
 from lm import long_context
