@@ -9,7 +9,9 @@ The retrieval probe hides a key in filler text ("The secret number is 48213.") a
 depth of a context of a chosen length, and ends the context with the question ("What is the
 secret number? The secret number is"). A trial is correct when greedy decoding continues with
 the key exactly (each key token is the argmax given the context and the key's earlier tokens);
-the key's log-likelihood is reported as well, since small models rarely get it exact.
+the key's log-likelihood is reported as well, since small models rarely get it exact, against a
+control: the same haystack with another key planted, so the gain (key log-likelihood minus the
+control's) is what the model took from the planted key.
 
     python -m lm.evaluate --run RUN_DIR --task position_loss --data TOKENS_DIR --seq_len 1024 --bucket 128
     python -m lm.evaluate --run RUN_DIR --task retrieval --data TOKENS_DIR --lengths 256,512,1024 --depths 0,0.5,1
@@ -120,8 +122,9 @@ def filler_ids(splits: Sequence[Any], min_ids: int) -> np.ndarray:
 
 
 def retrieval_requests(tokenizer, filler: np.ndarray, length: int, depth: float, trials: int,
-                       seed: int) -> list[tuple[evaluate_lib.Request, str]]:
-  """`trials` probes of `length` ids in all, the needle after `depth` (0..1) of the filler; (request, key) each.
+                       seed: int) -> list[tuple[evaluate_lib.Request, evaluate_lib.Request, str]]:
+  """`trials` probes of `length` ids in all, the needle after `depth` (0..1) of the filler; each is
+  (request, control request, key): the control plants another key of as many ids in the same place.
 
   filler: int32 ids of natural text the haystacks are cut from (different offsets per trial).
   Raises:
@@ -132,6 +135,9 @@ def retrieval_requests(tokenizer, filler: np.ndarray, length: int, depth: float,
   for _ in range(trials):
     key = f"{rng.integers(10000, 100000)}"
     needle = tokenizer.encode(NEEDLE.format(key=key))
+    other = needle
+    while other == needle or len(other) != len(needle):  # a control needle of the same length, another key
+      other = tokenizer.encode(NEEDLE.format(key=f"{rng.integers(10000, 100000)}"))
     question = tokenizer.encode(QUESTION)
     answer = tokenizer.encode(QUESTION + " " + key)[len(question):]
     if tokenizer.encode(QUESTION + " " + key)[:len(question)] != question:  # a piece merged across: use the pair
@@ -146,36 +152,43 @@ def retrieval_requests(tokenizer, filler: np.ndarray, length: int, depth: float,
     hay = [int(t) for t in filler[offset:offset + room]]
     at = int(round(depth * room))
     context = (tokenizer.bos_id, *hay[:at], *needle, *hay[at:], *question)
-    out.append((evaluate_lib.Request(context, tuple(answer)), key))
+    control = (tokenizer.bos_id, *hay[:at], *other, *hay[at:], *question)
+    out.append((evaluate_lib.Request(context, tuple(answer)), evaluate_lib.Request(control, tuple(answer)), key))
   return out
 
 
 def retrieval_probe(token_scores: Callable, params: Any, tokenizer, filler: np.ndarray, lengths: Sequence[int],
                     depths: Sequence[float], trials: int, batch_size: int, put: Callable[[np.ndarray], Any],
                     seed: int = 0) -> list[dict[str, float]]:
-  """Accuracy (greedy decoding gives the key exactly) and mean key log-likelihood per (length, depth).
+  """Accuracy (greedy decoding gives the key exactly), mean key log-likelihood and its gain over the control
+  (another key planted) per (length, depth).
 
   Each probe is one row of `length` ids. Returns per cell {"length", "depth", "accuracy", "key_log_likelihood",
-  "trials"}.
+  "control_log_likelihood", "gain", "trials"}.
   """
   out = []
   for length in lengths:
     for depth in depths:
-      requests = [r for r, _ in retrieval_requests(tokenizer, filler, length, depth, trials, seed)]
+      probes = retrieval_requests(tokenizer, filler, length, depth, trials, seed)
+      requests = [r for r, _, _ in probes] + [c for _, c, _ in probes]
       scores = evaluate_lib.score_requests(token_scores, params, requests, seq_len=length, batch_size=batch_size,
                                            pad_id=tokenizer.pad_id, put=put, per_row=True)
-      out.append({"length": length, "depth": depth, "accuracy": float(np.mean([g for _, g in scores])),
-                  "key_log_likelihood": float(np.mean([lp for lp, _ in scores])), "trials": trials})
+      planted, control = scores[:trials], scores[trials:]
+      key, other = float(np.mean([lp for lp, _ in planted])), float(np.mean([lp for lp, _ in control]))
+      out.append({"length": length, "depth": depth, "accuracy": float(np.mean([g for _, g in planted])),
+                  "key_log_likelihood": key, "control_log_likelihood": other, "gain": key - other,
+                  "trials": trials})
   return out
 
 
 def format_retrieval(results: dict[str, list[dict[str, float]]]) -> str:
-  """A table: one row per (length, depth), accuracy and key log-likelihood per model."""
+  """A table: one row per (length, depth); per model the accuracy and the key log-likelihood's gain over the
+  control (nats)."""
   names = list(results)
-  header = ("| length | depth | " + " | ".join(f"{n} acc | {n} key log-lik" for n in names) + " |\n|---:|---:|"
+  header = ("| length | depth | " + " | ".join(f"{n} acc | {n} gain" for n in names) + " |\n|---:|---:|"
             + "---:|---:|" * len(names))
   lines = [header]
   for i, cell in enumerate(next(iter(results.values()))):
-    cells = [f"{results[n][i]['accuracy']:.2f} | {results[n][i]['key_log_likelihood']:.2f}" for n in names]
+    cells = [f"{results[n][i]['accuracy']:.2f} | {results[n][i]['gain']:+.2f}" for n in names]
     lines.append(f"| {cell['length']} | {cell['depth']:.2f} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

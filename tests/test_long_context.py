@@ -52,8 +52,10 @@ def test_retrieval_requests_plant_the_key_at_the_depth(tokenizer, tokens):
   filler = long_context.filler_ids([tokens.splits["docs"]["train"]], 5000)
   for depth in (0.0, 0.5, 1.0):
     probes = long_context.retrieval_requests(tokenizer, filler, length=300, depth=depth, trials=3, seed=0)
-    for request, key in probes:
+    for request, control, key in probes:
       assert len(request.context) + len(request.continuation) - 1 == 300  # exactly one row
+      assert len(control.context) == len(request.context) and control.continuation == request.continuation
+      assert f"The secret number is {key}." not in tokenizer.decode(list(control.context[1:]))
       assert tokenizer.decode(list(request.continuation)).strip() == key
       text = tokenizer.decode(list(request.context[1:]))
       assert text.endswith(long_context.QUESTION.strip()) and f"The secret number is {key}." in text
@@ -62,7 +64,7 @@ def test_retrieval_requests_plant_the_key_at_the_depth(tokenizer, tokens):
       start = next(i for i in range(len(context)) if context[i:i + len(needle)] == needle)
       room = len(context) - 1 - len(needle) - len(tokenizer.encode(long_context.QUESTION))
       assert (start - 1) == round(depth * room)  # after BOS and that share of the filler
-  keys = {key for _, key in long_context.retrieval_requests(tokenizer, filler, 300, 0.5, 10, seed=1)}
+  keys = {key for _, _, key in long_context.retrieval_requests(tokenizer, filler, 300, 0.5, 10, seed=1)}
   assert len(keys) == 10
   with pytest.raises(ValueError, match="leaves no room for filler"):
     long_context.retrieval_requests(tokenizer, filler, length=10, depth=0.5, trials=1, seed=0)
@@ -72,11 +74,23 @@ def test_retrieval_accuracy_counts_exact_greedy_keys(tokenizer, tokens):
   filler = long_context.filler_ids([tokens.splits["docs"]["train"]], 5000)
 
   def oracle(right):
+    """Greedy gives every scored token (or none); log-probability -0.5 per token, -2 per token in a control
+    row (one whose context does not hold the key, told by the planted number's ids at the row's start)."""
     def token_scores(params, batch):
       del params
       mask = np.asarray(batch["loss_mask"]) > 0
-      return np.where(mask, -0.5, 0.0).astype(np.float32), mask if right else np.zeros_like(mask)
+      log_probs = np.where(mask, -0.5, 0.0).astype(np.float32)
+      for row in range(len(mask)):
+        if mask[row].any() and control_row(np.asarray(batch["inputs"])[row], np.asarray(batch["targets"])[row],
+                                           mask[row]):
+          log_probs[row] *= 4
+      return log_probs, mask if right else np.zeros_like(mask)
     return token_scores
+
+  def control_row(inputs, targets, mask):
+    answer = targets[mask]
+    text = tokenizer.decode([int(t) for t in inputs])
+    return tokenizer.decode([int(t) for t in answer]).strip() not in text
 
   for right, accuracy in ((True, 1.0), (False, 0.0)):
     result = long_context.retrieval_probe(oracle(right), None, tokenizer, filler, [200, 300], [0.0, 1.0], trials=4,
@@ -84,6 +98,7 @@ def test_retrieval_accuracy_counts_exact_greedy_keys(tokenizer, tokens):
     assert [(c["length"], c["depth"]) for c in result] == [(200, 0.0), (200, 1.0), (300, 0.0), (300, 1.0)]
     assert all(c["accuracy"] == accuracy and c["trials"] == 4 for c in result)
     assert all(c["key_log_likelihood"] < 0 for c in result)
+    assert all(c["gain"] == pytest.approx(c["key_log_likelihood"] * -3.0) and c["gain"] > 0 for c in result)
 
 
 def test_command_line_tasks(trained_run, tokens_dir, tmp_path, capsys):
