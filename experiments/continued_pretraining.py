@@ -12,7 +12,7 @@
    probe at 256, 512 and 1024 ids, for the base model and the extended ones.
 
 Writes DIR/report.md (the tables), DIR/results.json and DIR/*.png. Every run is skipped when its run
-directory holds a result already, so the command resumes after an interruption. About 25 minutes on
+directory holds a result already, so the command resumes after an interruption. About 30 minutes on
 2 CPU cores.
 """
 
