@@ -299,8 +299,7 @@ def test_context_stages_in_one_run_resume_inside_a_stage(tokens_dir, tmp_path):
   flops = {r["step"]: r["compute/flops"] for r in records if "compute/flops" in r}
   assert flops[6] - flops[5] > flops[3] - flops[2]  # longer rows cost more attention per token
 
-  config = config_for("resumed")
-  train.run(config.copy_and_resolve_references())
+  shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if stopped after the save at step 4
-  resumed = train.run(config)
+  resumed = train.run(config_for("resumed"))
   assert resumed["resumed_from"] == 4 and resumed["val_loss"] == whole["val_loss"]
