@@ -260,6 +260,10 @@ def _with_replay(row: np.ndarray, names: tuple[str, ...], sizes: np.ndarray, rep
                        f"{', '.join(names)})")
   if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
     raise MixtureError(f"data.replay_fraction must be in [0, 1], got {fraction!r}")
+  taken = sorted({"original", "new"} & set(names))
+  if taken:  # their eval/NAME/loss keys would be those of the domain aggregates
+    raise MixtureError(f"data.replay_sources: a source named {taken[0]!r} clashes with the eval/{taken[0]}/loss "
+                       "aggregate of replay runs; rename the source when writing the shards")
   replay = np.array([n in replay_sources for n in names])
   out = np.zeros_like(row)
   for group, share, what in ((replay, fraction, "data.replay_sources"),

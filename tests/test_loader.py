@@ -96,6 +96,12 @@ def test_bad_replay_settings_fail_naming_the_key(tokens, settings, message):
     make_stream(tokens, SEQ, 8, **settings)
 
 
+def test_a_source_named_like_a_domain_aggregate_is_refused():
+  with pytest.raises(loader.MixtureError, match=r"a source named 'new' clashes with the eval/new/loss aggregate"):
+    loader.build_mixture(("docs", "new"), {"docs": 10, "new": 10}, {"docs": 1, "new": 1}, total_steps=10,
+                         global_batch_size=2, replay_sources=("docs",))
+
+
 def test_staged_stream_switches_row_length_at_each_stage(tokens):
   short = make_stream(tokens, SEQ, 8, mixture=(("code", 0.5), ("docs", 0.5)))
   long = make_stream(tokens, 4 * SEQ, 2, mixture=(("code", 0.5), ("docs", 0.5)))
