@@ -152,6 +152,11 @@ def _counts(weights, members, n, out) -> None:
   _counts(weights, members[half:], n - left, out)
 
 
+def stage_index(starts: Sequence[int], step: int) -> int:
+  """The stage of `step` among stages starting at the increasing `starts` (starts[0] == 0)."""
+  return int(np.searchsorted(np.asarray(starts), step, side="right")) - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Mixture:
   """Per-stage source weights: stage i runs from step starts[i] to starts[i + 1] (the last one forever)."""
@@ -161,7 +166,7 @@ class Mixture:
   weights: np.ndarray  # float64 [stages, sources], each row summing to 1
 
   def stage_of(self, step: int) -> int:
-    return int(np.searchsorted(np.asarray(self.starts), step, side="right")) - 1
+    return stage_index(self.starts, step)
 
 
 def _weight_pairs(pairs, key: str, names: Sequence[str]) -> dict[str, float]:
@@ -394,7 +399,7 @@ class StagedStream:
     return self.streams[0].names
 
   def stage_of(self, step: int) -> int:
-    return int(np.searchsorted(np.asarray(self.starts), step, side="right")) - 1
+    return stage_index(self.starts, step)
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     return self.streams[self.stage_of(step)].batch(step, process_index, process_count)

@@ -53,14 +53,10 @@ def launch(name: str, config: str, out: str, *overrides: str) -> str:
 
 def eval_curves(run_dir: str) -> dict[str, list[tuple[int, float]]]:
   """eval/... loss series (step, value) of a run's metrics.jsonl."""
-  curves: dict[str, list[tuple[int, float]]] = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      for key, value in record.items():
-        if key.startswith("eval/") and key.endswith("/loss"):
-          curves.setdefault(key, []).append((record["step"], value))
-  return curves
+  from lm import report  # pylint: disable=import-outside-toplevel
+  metrics = report.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+  return {name: [(int(step), float(value)) for step, value in zip(*series)]
+          for name, series in metrics.scalars.items() if name.startswith("eval/") and name.endswith("/loss")}
 
 
 def long_context_results(run_dirs: dict[str, str], tokens_dir: str) -> tuple[dict, dict, int]:

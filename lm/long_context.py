@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from data import loader
 from lm import evaluate as evaluate_lib
 
 NEEDLE = "\nThe secret number is {key}. Remember it.\n"
@@ -58,22 +59,6 @@ def long_document_rows(splits: Sequence[Any], seq_len: int, max_documents: int) 
           "loss_mask": np.ones((rows, seq_len), np.int32)}
 
 
-def _scores(token_scores: Callable, params: Any, rows: dict[str, np.ndarray], batch_size: int,
-            put: Callable[[np.ndarray], Any]) -> tuple[np.ndarray, np.ndarray]:
-  """(target log-probabilities, target is the argmax) of every row: [rows, seq] float32 and bool."""
-  total, seq_len = rows["inputs"].shape
-  log_probs, greedy = [], []
-  for start in range(0, total, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in rows.items()}
-    missing = batch_size - len(batch["inputs"])
-    if missing:  # padding rows: segment 0, never read back
-      batch = {k: np.concatenate([v, np.zeros((missing, seq_len), np.int32)]) for k, v in batch.items()}
-    lp, g = token_scores(params, {k: put(v) for k, v in batch.items()})
-    log_probs.append(np.asarray(lp)[:len(batch["inputs"]) - missing])
-    greedy.append(np.asarray(g)[:len(batch["inputs"]) - missing])
-  return np.concatenate(log_probs), np.concatenate(greedy)
-
-
 def loss_by_position(token_scores: Callable, params: Any, rows: dict[str, np.ndarray], bucket: int, batch_size: int,
                      put: Callable[[np.ndarray], Any]) -> list[dict[str, float]]:
   """Mean next-token loss of each bucket of positions [start, start + bucket) over `rows` (`long_document_rows`).
@@ -86,7 +71,10 @@ def loss_by_position(token_scores: Callable, params: Any, rows: dict[str, np.nda
     Per bucket: {"start", "stop" (1-based positions of the predicted tokens, inclusive), "loss", "perplexity",
     "tokens"}.
   """
-  log_probs, _ = _scores(token_scores, params, rows, batch_size, put)
+  calls = (token_scores(params, {k: put(v) for k, v in batch.items()})
+           for batch in loader.evaluation_batches(rows, batch_size))
+  scored = evaluate_lib._in_flight(calls)  # pylint: disable=protected-access
+  log_probs = np.concatenate([lp for lp, _ in scored])[:len(rows["inputs"])]  # the last batch's padding cut off
   seq_len = log_probs.shape[1]
   out = []
   for start in range(0, seq_len, bucket):

@@ -365,14 +365,14 @@ def prepare_data(config: ml_collections.ConfigDict, run_dir: str) -> RunData:
     tokenizer = tokenizer_lib.load(tokenizer_dir)
     seq_len, batch_size = d.seq_len, config.train.global_batch_size
     train_splits = {name: tokens.splits[name]["train"] for name in tokens.sources}
+    stages = config_lib.context_stages(config)
     streams = [loader.make_stream(
         train_splits, seq_len=stage.data.seq_len, global_batch_size=stage.train.global_batch_size,
         seed=d.shuffle_seed, pad_id=tokenizer.pad_id, total_steps=config.train.steps, mixture=d.mixture,
         temperature=d.mixture_temperature, epochs=d.mixture_epochs, curriculum=d.curriculum,
         replay_sources=d.replay_sources, replay_fraction=d.replay_fraction)
-        for _, stage in config_lib.context_stages(config)]
-    stream = streams[0] if len(streams) == 1 else loader.StagedStream(
-        streams, [start for start, _ in config_lib.context_stages(config)])
+        for _, stage in stages]
+    stream = streams[0] if len(streams) == 1 else loader.StagedStream(streams, [start for start, _ in stages])
   except (shards.ShardError, loader.MixtureError) as e:
     raise config_lib.ConfigError(str(e)) from None
   # Each source's validation loss and the unigram entropy it is compared with are measured on the same rows.
@@ -510,7 +510,7 @@ def run(config: ml_collections.ConfigDict,
 
   def stage_of(step: int) -> int:
     """The context stage of step (or batch) `step`, 0-based."""
-    return int(np.searchsorted(np.asarray(stage_starts), step, side="right")) - 1
+    return loader.stage_index(stage_starts, step)
 
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoint.every_steps,
                                              config.checkpoint.max_to_keep, config.checkpoint.keep_every_steps)
@@ -532,7 +532,7 @@ def run(config: ml_collections.ConfigDict,
               if config.train.init_learning_rate_fraction else "") + f", then decay over {config.train.steps} steps")
   compute = params_lib.training_compute(config)
   flops_per_token = compute["flops_per_token"]
-  stage_flops = [params_lib.training_compute(stage)["flops_per_token"] for _, stage in stages]
+  stage_flops = [flops_per_token] + [params_lib.training_compute(stage)["flops_per_token"] for _, stage in stages[1:]]
 
   def flops_before(step: int) -> float:
     """FLOPs per token summed over steps 0 .. step - 1, each at its stage's count."""

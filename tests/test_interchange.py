@@ -77,25 +77,37 @@ def exported(request, tmp_path_factory, tokenizer_dir, tokens_dir):
   return config, params, out
 
 
+def hf_logits(out, tokens):
+  """(transformers' LlamaForCausalLM of the export `out`, its float32 logits of int32 `tokens` [batch, seq])."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+  with torch.no_grad():
+    return model, model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+
+
+def our_logits(model_config, params, tokens, **overrides):
+  """Our float32 logits [batch, seq, vocab] of `tokens` under `model_config` with `overrides`."""
+  m = model_config.copy_and_resolve_references()
+  m.update(compute_dtype="float32", **overrides)
+  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+  return np.asarray(model_lib.from_config(m).apply({"params": params}, tokens, np.ones_like(tokens), positions)[0])
+
+
 def test_transformers_computes_the_same_logits(exported):
-  transformers = pytest.importorskip("transformers")
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  pytest.importorskip("torch")
   config, params, out = exported
   with open(os.path.join(out, "config.json")) as f:
     hf = json.load(f)
   assert hf["architectures"] == ["LlamaForCausalLM"] and hf["torch_dtype"] == "float32"
   assert (hf["num_key_value_heads"], hf["head_dim"]) == (2, config.model.head_dim)
-  model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
-  assert model.config.tie_word_embeddings == config.model.tie_embeddings
   tokens = np.random.default_rng(0).integers(5, 512, size=(3, 40)).astype(np.int32)
-  with torch.no_grad():
-    theirs = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
-  m = config.model.copy_and_resolve_references()
-  m.compute_dtype = "float32"
-  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
-  ours, _ = model_lib.from_config(m).apply({"params": params}, tokens, np.ones_like(tokens), positions)
-  assert np.abs(np.asarray(ours)).max() > 1.0  # far from a degenerate comparison
-  np.testing.assert_allclose(theirs, np.asarray(ours), rtol=0, atol=1e-4)
+  model, theirs = hf_logits(out, tokens)
+  assert model.config.tie_word_embeddings == config.model.tie_embeddings
+  ours = our_logits(config.model, params, tokens)
+  assert np.abs(ours).max() > 1.0  # far from a degenerate comparison
+  np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
 
 
 def test_transformers_tokenizer_encodes_as_ours(exported, tokenizer, monkeypatch):
@@ -232,26 +244,19 @@ ROPE_SCALINGS = {  # model fields of each scaled RoPE the logit test exports
 @pytest.mark.parametrize("scaling", list(ROPE_SCALINGS))
 def test_scaled_rope_exports_to_the_same_logits_and_imports_back(scaling, tmp_path, tokenizer_dir, tokens_dir):
   """Scaled RoPE in transformers (its own rope_parameters code) gives our logits, and the config reads back."""
-  transformers = pytest.importorskip("transformers")
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  pytest.importorskip("torch")
   config = small_llama(tmp_path / "run", False, 16, tokens_dir)
   config.model.update(ROPE_SCALINGS[scaling])
   params = write_run(config, tokenizer_dir, seed=3)
   out = str(tmp_path / "hf")
   assert interchange.main(["export", "--run", config.train.run_dir, "--out", out]) == 0
-  model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
   tokens = np.random.default_rng(1).integers(5, 512, size=(2, 60)).astype(np.int32)
-  with torch.no_grad():
-    theirs = model(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
-  m = config.model.copy_and_resolve_references()
-  m.compute_dtype = "float32"
-  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
-  ours, _ = model_lib.from_config(m).apply({"params": params}, tokens, np.ones_like(tokens), positions)
-  np.testing.assert_allclose(theirs, np.asarray(ours), rtol=0, atol=1e-4)
-  plain = config.model.copy_and_resolve_references()
-  plain.update(compute_dtype="float32", rope_scaling="none", rope_scaling_factor=1.0)
-  unscaled, _ = model_lib.from_config(plain).apply({"params": params}, tokens, np.ones_like(tokens), positions)
-  assert np.abs(np.asarray(unscaled) - np.asarray(ours)).max() > 1e-2  # the scaling changed the model
+  _, theirs = hf_logits(out, tokens)
+  ours = our_logits(config.model, params, tokens)
+  np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+  unscaled = our_logits(config.model, params, tokens, rope_scaling="none", rope_scaling_factor=1.0)
+  assert np.abs(unscaled - ours).max() > 1e-2  # the scaling changed the model
   with open(os.path.join(out, "config.json")) as f:
     back = interchange.config_from_hf(json.load(f), llama_tiny.get_config()).model
   if scaling == "ntk":  # written as plain RoPE with the NTK base
