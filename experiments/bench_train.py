@@ -217,6 +217,9 @@ def compile_seconds(config: ml_collections.ConfigDict) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 # Where the time goes.
 
+PROJECTION = r"ti,io->to|ti,oi->to"  # `lm.layers.matmul`: every weight matmul of the dense model
+
+
 def op_category(op_name: str) -> str:
   """The part of the step an XLA op's `op_name` metadata belongs to (its JAX name stack)."""
   if "transpose(" in op_name:
@@ -226,12 +229,12 @@ def op_category(op_name: str) -> str:
   else:
     return "optimizer update, guard and metrics"
   if "/attention/" in op_name:
-    if re.search(r"bsd,dhk->bshk|bshk,hkd->bsd", op_name):
+    if re.search(PROJECTION, op_name):
       return f"matmul: attention projections ({stage})"
     return f"attention: logits, mask, softmax, weighted sum ({stage})"
   if "/mlp/" in op_name or "/moe/" in op_name:
     return f"matmul: MLP ({stage})" if "dot_general" in op_name else f"MLP activation ({stage})"
-  if re.search(r"bsd,vd->bsv|bsd,dv->bsv", op_name):
+  if re.search(PROJECTION, op_name):
     return f"matmul: output logits ({stage})"
   if "_norm" in op_name:
     return f"norms ({stage})"

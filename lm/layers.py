@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,6 +62,38 @@ def bias(module: nn.Module, cfg, name: str, shape: Sequence[int], axes: Sequence
   if not cfg.use_bias:
     return 0.0
   return param(module, cfg, name, shape, axes, nn.initializers.zeros)
+
+
+def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transposed: bool = False,
+           preferred_element_type=None) -> jnp.ndarray:
+  """x: [..., *in_shape] times kernel: [*in_shape, *out_shape] -> [..., *out_shape], as one 2-D matmul.
+
+  in_dims: how many leading axes of `kernel` are contracted with the trailing axes of `x`.
+  kernel_transposed: `kernel` is [*out_shape, *in_shape] instead (a tied embedding table
+    [vocab, d_model] used as the output projection).
+
+  The token axes are flattened into one: [batch * seq, in] x [in, out]. As an einsum over
+  [batch, seq, ...] the weight gradient contracts two axes (batch and seq), which XLA on CPU
+  compiles into transposing copies of the activations; the 2-D form runs an MLP block's
+  forward and backward in 260 ms instead of 308 ms at [16, 256, 512 -> 2048] (README,
+  "Performance"). The reshapes are free (row-major bitcasts), and a batch axis sharded over
+  the mesh stays sharded on the merged axis.
+  """
+  if kernel_transposed:
+    in_shape, out_shape = kernel.shape[kernel.ndim - in_dims:], kernel.shape[:kernel.ndim - in_dims]
+  else:
+    in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
+  if tuple(x.shape[x.ndim - in_dims:]) != tuple(in_shape):
+    raise ValueError(f"matmul: x {x.shape} does not end in the kernel's input axes {in_shape}")
+  lead = x.shape[:x.ndim - in_dims]
+  rows = x.reshape(math.prod(lead), math.prod(in_shape))
+  if kernel_transposed:
+    out = jnp.einsum("ti,oi->to", rows, kernel.reshape(math.prod(out_shape), math.prod(in_shape)),
+                     preferred_element_type=preferred_element_type)
+  else:
+    out = jnp.einsum("ti,io->to", rows, kernel.reshape(math.prod(in_shape), math.prod(out_shape)),
+                     preferred_element_type=preferred_element_type)
+  return out.reshape(*lead, *out_shape)
 
 
 def norm(cfg: ml_collections.FrozenConfigDict, name: str, axis_name: str = "embed") -> nn.Module:

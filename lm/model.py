@@ -151,12 +151,12 @@ class Transformer(nn.Module):
       x = layers.norm(cfg, "final_norm")(x)
     # Logits accumulate in float32 whatever the compute dtype: the softmax and loss read them in float32.
     if cfg.tie_embeddings:
-      logits = jnp.einsum("bsd,vd->bsv", x.astype(dtype), embed.embedding.astype(dtype),
-                          preferred_element_type=jnp.float32)
+      logits = layers.matmul(x.astype(dtype), embed.embedding.astype(dtype), kernel_transposed=True,
+                             preferred_element_type=jnp.float32)
     else:
       kernel = layers.param(self, cfg, "unembed", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             layers.kernel_init(cfg, cfg.d_model))
-      logits = jnp.einsum("bsd,dv->bsv", x.astype(dtype), kernel, preferred_element_type=jnp.float32)
+      logits = layers.matmul(x.astype(dtype), kernel, preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("batch", "activation_seq", "activation_vocab"))
     return logits, _reduce_moe_metrics(cfg, metrics)
 

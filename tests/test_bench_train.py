@@ -110,11 +110,11 @@ def test_profile_breaks_the_step_down_by_what_it_computes(tiny_config_path, tmp_
 
 def test_op_categories():
   category = bench_train.op_category
-  assert category("jit(train_step)/jvp(Transformer)/blocks/layer_0/mlp/bsd,df->bsf/dot_general") == \
+  assert category("jit(train_step)/jvp(Transformer)/blocks/layer_0/mlp/ti,io->to/dot_general") == \
       "matmul: MLP (forward)"
-  assert category("jit(train_step)/transpose(jvp(Transformer))/blocks/layer_0/attention/bsd,dhk->bshk/dot_general") \
+  assert category("jit(train_step)/transpose(jvp(Transformer))/blocks/layer_0/attention/ti,io->to/dot_general") \
       == "matmul: attention projections (backward)"
-  assert category("jit(train_step)/transpose(jvp(Transformer))/bsd,vd->bsv/dot_general") == \
+  assert category("jit(train_step)/transpose(jvp(Transformer))/ti,oi->to/dot_general") == \
       "matmul: output logits (backward)"
   assert category("jit(train_step)/jvp()/exp") == "softmax cross-entropy (forward)"
   assert category("jit(train_step)/add") == "optimizer update, guard and metrics"

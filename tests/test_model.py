@@ -8,6 +8,7 @@ import pytest
 from configs import tiny
 from lm import attention
 from lm import generate
+from lm import layers
 from lm import mlp
 from lm import model as model_lib
 from lm import objectives
@@ -473,3 +474,30 @@ def test_unrolled_layers_leave_the_loss_and_gradients_unchanged():
   for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(unrolled_grads)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
   assert "while" in texts[False] and "while" not in texts[True]  # the same parameters, no loop over depth
+
+
+@pytest.mark.parametrize("spec, x_shape, kernel_shape, kwargs", [
+    ("bsd,df->bsf", (3, 5, 8), (8, 12), {}),
+    ("bsd,dhk->bshk", (3, 5, 8), (8, 2, 4), {}),
+    ("bshk,hkd->bsd", (3, 5, 2, 4), (2, 4, 8), {"in_dims": 2}),
+    ("bsd,vd->bsv", (3, 5, 8), (20, 8), {"kernel_transposed": True}),
+])
+def test_token_matmul_equals_the_einsum_with_its_gradients(spec, x_shape, kernel_shape, kwargs):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+  kernel = jnp.asarray(rng.standard_normal(kernel_shape, np.float32))
+  ours = lambda x, w: jnp.sum(jnp.sin(layers.matmul(x, w, **kwargs)))
+  reference = lambda x, w: jnp.sum(jnp.sin(jnp.einsum(spec, x, w)))
+  np.testing.assert_allclose(layers.matmul(x, kernel, **kwargs), jnp.einsum(spec, x, kernel), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(ours, argnums=(0, 1))(x, kernel), jax.grad(reference, argnums=(0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # The point of the 2-D form: every dot of the forward and backward pass contracts a single axis.
+  hlo = jax.jit(jax.grad(ours, argnums=(0, 1))).lower(x, kernel).as_text()
+  contractions = [line for line in hlo.splitlines() if "stablehlo.dot_general" in line]
+  assert contractions and all("contracting_dims = [1] x" in line or "contracting_dims = [0] x" in line
+                              for line in contractions), contractions
+
+
+def test_token_matmul_names_a_shape_mismatch():
+  with pytest.raises(ValueError, match="does not end in the kernel's input axes"):
+    layers.matmul(jnp.zeros((2, 3, 8)), jnp.zeros((4, 5)))
