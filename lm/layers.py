@@ -75,7 +75,7 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transpo
   The token axes are flattened into one: [batch * seq, in] x [in, out]. As an einsum over
   [batch, seq, ...] the weight gradient contracts two axes (batch and seq), which XLA on CPU
   compiles into transposing copies of the activations; the 2-D form runs an MLP block's
-  forward and backward in 260 ms instead of 308 ms at [16, 256, 512 -> 2048] (README,
+  forward and backward in 291 ms instead of 325 ms at [16, 256, 512 -> 2048] (README,
   "Performance"). The reshapes are free (row-major bitcasts), and a batch axis sharded over
   the mesh stays sharded on the merged axis.
   """
