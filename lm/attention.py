@@ -238,8 +238,7 @@ class Attention(nn.Module):
 
     def project(name, heads, axes):
       kernel = layers.param(self, cfg, name, (d, heads, hd), ("embed", axes, "head_dim"), init)
-      return layers.matmul(x, kernel) + layers.bias(self, cfg, f"{name}_bias", (heads, hd),
-                                                                    (axes, "head_dim"))
+      return layers.matmul(x, kernel) + layers.bias(self, cfg, f"{name}_bias", (heads, hd), (axes, "head_dim"))
 
     x = x.astype(layers.dtypes(cfg)[0])
     q, k, v = project("query", h, "heads"), project("key", kv, "kv_heads"), project("value", kv, "kv_heads")

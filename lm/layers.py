@@ -6,9 +6,8 @@ initialiser follows `model.init_scheme`.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import flax.linen as nn
 import jax
