@@ -86,12 +86,9 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transpo
     raise ValueError(f"matmul: x {x.shape} does not end in the kernel's input axes {in_shape}")
   lead = x.shape[:x.ndim - in_dims]
   rows = x.reshape(math.prod(lead), math.prod(in_shape))
-  if kernel_transposed:
-    out = jnp.einsum("ti,oi->to", rows, kernel.reshape(math.prod(out_shape), math.prod(in_shape)),
-                     preferred_element_type=preferred_element_type)
-  else:
-    out = jnp.einsum("ti,io->to", rows, kernel.reshape(math.prod(in_shape), math.prod(out_shape)),
-                     preferred_element_type=preferred_element_type)
+  kernel = kernel.reshape(-1, math.prod(in_shape)) if kernel_transposed else kernel.reshape(math.prod(in_shape), -1)
+  out = jnp.einsum("ti,oi->to" if kernel_transposed else "ti,io->to", rows, kernel,
+                   preferred_element_type=preferred_element_type)
   return out.reshape(*lead, *out_shape)
 
 
