@@ -138,12 +138,17 @@ def test_a_trained_model_prefers_the_corpus_continuation_and_random_init_is_near
   common = dict(tokenizer=run.tokenizer, token_scores=run.trainer.token_scores, seq_len=run.config.data.seq_len,
                 batch_size=8, put=put)
   tiny_config.data.seq_len = 128
-  _, random_params, _ = _random_init(tiny_config)
+  # At initialisation the logits are nearly flat and continuations of one length score within rounding of each
+  # other, so one model's accuracy is noisy: the model of seed 1 scored piqa 0.39 with this test run alone and
+  # 0.17 away from chance in a full two-worker run. Chance is checked on the mean of four models.
+  trainer, first, _ = _random_init(tiny_config)  # seed 1
+  random_params = [first] + [trainer.init_state(jax.random.PRNGKey(seed)).params for seed in (2, 3, 4)]
   for task in ("hellaswag", "arc_easy", "piqa"):
     trained = evaluate.evaluate_task(task, task_files[task], params=run.params, **common)
-    at_init = evaluate.evaluate_task(task, task_files[task], params=random_params, **common)
+    at_init = [evaluate.evaluate_task(task, task_files[task], params=p, **common) for p in random_params]
     assert trained["items"] == 120 and trained["acc"] > trained["chance"] + 0.15, trained
-    assert abs(at_init["acc"] - at_init["chance"]) < 0.15, at_init
+    mean_acc = float(np.mean([result["acc"] for result in at_init]))
+    assert abs(mean_acc - at_init[0]["chance"]) < 0.15, (mean_acc, at_init)
 
 
 def test_training_logs_benchmarks_and_bits_per_byte_in_the_metrics_stream(trained_run):
