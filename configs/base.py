@@ -134,6 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.init_learning_rate_fraction = 0.2  # init_from: peak learning rate = this x the source run's (Hugging Face: x optim.peak_learning_rate); 0 = optim's as set
   train.init_resize = False  # init_from: where vocab rows, layers or position rows differ, copy what fits and keep the rest freshly initialised (else refused)
   train.host_allocator = "reuse"  # glibc malloc: reuse (keep freed memory: no page faults per step; RSS stays at peak) | system
+  train.cpu_dot_library = "onednn"  # XLA:CPU matmuls: onednn (spreads batched matmuls over the cores) | ynnpack (XLA's default); ignored off CPU
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 200  # save a checkpoint every this many steps (and always at the end)

@@ -238,7 +238,7 @@ class Attention(nn.Module):
 
     def project(name, heads, axes):
       kernel = layers.param(self, cfg, name, (d, heads, hd), ("embed", axes, "head_dim"), init)
-      return layers.matmul(x, kernel) + layers.bias(self, cfg, f"{name}_bias", (heads, hd), (axes, "head_dim"))
+      return layers.matmul(x, kernel, bias=layers.bias(self, cfg, f"{name}_bias", (heads, hd), (axes, "head_dim")))
 
     x = x.astype(layers.dtypes(cfg)[0])
     q, k, v = project("query", h, "heads"), project("key", kv, "kv_heads"), project("value", kv, "kv_heads")
@@ -262,7 +262,7 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ("batch", "activation_seq", "activation_heads", None))
     out_kernel = layers.param(self, cfg, "out", (h, hd, d), ("heads", "head_dim", "embed"),
                               layers.kernel_init(cfg, h * hd, residual_output=True))
-    return layers.matmul(out, out_kernel, in_dims=2) + layers.bias(self, cfg, "out_bias", (d,), ("embed",))
+    return layers.matmul(out, out_kernel, in_dims=2, bias=layers.bias(self, cfg, "out_bias", (d,), ("embed",)))
 
   def _update_cache(self, k, v, segment_ids):
     """Writes this call's keys/values into the cache; returns the keys to attend over and the query/key indices.

@@ -243,6 +243,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
            f"data x fsdp x expert = {sizes['data']} x {sizes['fsdp']} x {sizes['expert']} = {data_parallel}")
   _require(t.microbatches > 0, f"train.microbatches must be positive, got {t.microbatches}")
   _one_of("train.host_allocator", t.host_allocator, process.ALLOCATORS)
+  _one_of("train.cpu_dot_library", t.cpu_dot_library, process.CPU_DOT_LIBRARIES)
   _require(t.global_batch_size % (data_parallel * t.microbatches) == 0,
            f"train.global_batch_size ({t.global_batch_size}) is not divisible by train.microbatches "
            f"({t.microbatches}) x the data-parallel size ({data_parallel}): each microbatch must split evenly "

@@ -64,12 +64,13 @@ def bias(module: nn.Module, cfg, name: str, shape: Sequence[int], axes: Sequence
 
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transposed: bool = False,
-           preferred_element_type=None) -> jnp.ndarray:
-  """x: [..., *in_shape] times kernel: [*in_shape, *out_shape] -> [..., *out_shape], as one 2-D matmul.
+           preferred_element_type=None, bias: jnp.ndarray | float = 0.0) -> jnp.ndarray:
+  """x: [..., *in_shape] times kernel: [*in_shape, *out_shape] (+ bias: [*out_shape]) -> [..., *out_shape].
 
   in_dims: how many leading axes of `kernel` are contracted with the trailing axes of `x`.
   kernel_transposed: `kernel` is [*out_shape, *in_shape] instead (a tied embedding table
     [vocab, d_model] used as the output projection).
+  bias: [*out_shape], or a Python float (0.0 for none, as `bias` returns without `model.use_bias`).
 
   The token axes are flattened into one: [batch * seq, in] x [in, out]. As an einsum over
   [batch, seq, ...] the weight gradient contracts two axes (batch and seq), which XLA on CPU
@@ -77,6 +78,11 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transpo
   forward and backward in 291 ms instead of 325 ms at [16, 256, 512 -> 2048] (README,
   "Performance"). The reshapes are free (row-major bitcasts), and a batch axis sharded over
   the mesh stays sharded on the merged axis.
+
+  The bias is added to the 2-D product [batch * seq, out] too, so that its gradient (a sum
+  over tokens) reads the same [batch * seq, out] array as the weight gradient. Added after the
+  reshape to [batch, seq, heads, head_dim], XLA on CPU gave each query/key/value bias gradient
+  its own transposing copy of the incoming gradient.
   """
   if kernel_transposed:
     in_shape, out_shape = kernel.shape[kernel.ndim - in_dims:], kernel.shape[:kernel.ndim - in_dims]
@@ -89,6 +95,12 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, in_dims: int = 1, kernel_transpo
   kernel = kernel.reshape(-1, math.prod(in_shape)) if kernel_transposed else kernel.reshape(math.prod(in_shape), -1)
   out = jnp.einsum("ti,oi->to" if kernel_transposed else "ti,io->to", rows, kernel,
                    preferred_element_type=preferred_element_type)
+  if not isinstance(bias, float):
+    if tuple(bias.shape) != tuple(out_shape):
+      raise ValueError(f"matmul: bias {bias.shape} is not the kernel's output shape {out_shape}")
+    out = out + bias.reshape(-1).astype(out.dtype)
+  elif bias != 0.0:
+    raise ValueError(f"matmul: bias must be an array of the output shape or 0.0, got {bias}")
   return out.reshape(*lead, *out_shape)
 
 

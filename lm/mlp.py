@@ -43,7 +43,7 @@ class Mlp(nn.Module):
 
     def project(name, inputs):
       kernel = layers.param(self, cfg, name, (d, f), ("embed", "mlp"), layers.kernel_init(cfg, d))
-      return layers.matmul(inputs, kernel) + layers.bias(self, cfg, f"{name}_bias", (f,), ("mlp",))
+      return layers.matmul(inputs, kernel, bias=layers.bias(self, cfg, f"{name}_bias", (f,), ("mlp",)))
 
     x = x.astype(layers.dtypes(cfg)[0])
     if is_gated(cfg.mlp_activation):
@@ -52,4 +52,4 @@ class Mlp(nn.Module):
       hidden = activation(cfg.mlp_activation, project("up", x))
     hidden = nn.with_logical_constraint(hidden, ("batch", "activation_seq", "activation_mlp"))
     down = layers.param(self, cfg, "down", (f, d), ("mlp", "embed"), layers.kernel_init(cfg, f, residual_output=True))
-    return layers.matmul(hidden, down) + layers.bias(self, cfg, "down_bias", (d,), ("embed",))
+    return layers.matmul(hidden, down, bias=layers.bias(self, cfg, "down_bias", (d,), ("embed",)))

@@ -45,6 +45,7 @@ from lm import model as model_lib
 from lm import objectives
 from lm import optim
 from lm import params as params_lib
+from lm import process
 from lm import run_dir as run_dir_lib
 from lm import sharding
 
@@ -250,20 +251,22 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     return wrapped
 
   next_token = generate_lib.make_next_token_fn(forward, config.eval.sample_temperature, config.eval.sample_top_k)
+  jit = functools.partial(jax.jit, compiler_options=process.compiler_options(config.train.cpu_dot_library,
+                                                                             mesh.devices.flat[0].platform))
   return Trainer(
       model=model, mesh=mesh, rules=rules, state_shardings=state_shardings, batch_sharding=batch_sharding,
       learning_rate=schedule,
-      init_state=in_context(jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings)),
-      train_step=in_context(jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                                    out_shardings=(state_shardings, replicated), donate_argnums=0)),
-      eval_step=in_context(jax.jit(eval_step,
-                                   in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
-      next_token=in_context(jax.jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
-                                    out_shardings=replicated)),
-      token_scores=in_context(jax.jit(evaluate_lib.make_token_scores(forward),
-                                      in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
-      noise_scale_sums=in_context(jax.jit(noise_scale_sums, in_shardings=(state_shardings.params, batch_sharding),
-                                          out_shardings=replicated)),
+      init_state=in_context(jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings)),
+      train_step=in_context(jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                                out_shardings=(state_shardings, replicated), donate_argnums=0)),
+      eval_step=in_context(jit(eval_step, in_shardings=(state_shardings.params, batch_sharding),
+                               out_shardings=replicated)),
+      next_token=in_context(jit(next_token, in_shardings=(state_shardings.params, batch_sharding, None, None),
+                                out_shardings=replicated)),
+      token_scores=in_context(jit(evaluate_lib.make_token_scores(forward),
+                                  in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)),
+      noise_scale_sums=in_context(jit(noise_scale_sums, in_shardings=(state_shardings.params, batch_sharding),
+                                      out_shardings=replicated)),
       abstract_state=abstract_state,
       param_axes=nn.get_partition_spec(boxed).params,
   )

@@ -140,6 +140,14 @@ def test_an_unknown_host_allocator_is_named():
     config_lib.validate(config, num_devices=8)
 
 
+def test_an_unknown_cpu_dot_library_is_named():
+  config = tiny.get_config()
+  config.train.cpu_dot_library = "mkl"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"train.cpu_dot_library must be one of onednn, ynnpack; got 'mkl'"):
+    config_lib.validate(config, num_devices=8)
+
+
 def test_experts_must_divide_by_the_expert_axis():
   config = tiny.get_config()
   config.model.num_experts, config.mesh.expert = 6, 4

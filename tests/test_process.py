@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from lm import process
@@ -78,3 +79,27 @@ def test_launch_names_an_unknown_allocator_before_starting_anything():
                           text=True, timeout=120)
   assert result.returncode == 2
   assert "config error: train.host_allocator must be one of reuse, system; got 'jemalloc'" in result.stderr
+
+
+def test_the_cpu_dot_library_option_is_given_to_cpu_compilations_only():
+  assert process.compiler_options("onednn", "cpu") == {
+      "xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert process.compiler_options("ynnpack", "cpu") is None
+  assert process.compiler_options("onednn", "gpu") is None
+  with pytest.raises(ValueError, match="train.cpu_dot_library must be one of onednn, ynnpack; got 'mkl'"):
+    process.compiler_options("mkl", "cpu")
+
+
+def test_the_cpu_dot_library_reaches_the_step_and_leaves_the_loss_of_a_fixed_batch_unchanged():
+  from configs import tiny
+  from experiments import bench_train
+
+  losses, texts = {}, {}
+  for library in process.CPU_DOT_LIBRARIES:
+    config = tiny.get_config()
+    config.train.cpu_dot_library = library
+    step = bench_train.OurStep(config)  # on the 8 host devices of the test session: a sharded step
+    texts[library] = step.compiled_text()
+    losses[library] = [step() for _ in range(3)]
+  assert "onednn_fusion" in texts["onednn"] and "onednn_fusion" not in texts["ynnpack"]
+  np.testing.assert_allclose(losses["onednn"], losses["ynnpack"], rtol=2e-6)
