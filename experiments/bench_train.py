@@ -61,7 +61,7 @@ from lm import process
 from lm import sharding
 from lm import train
 
-DEFAULT_ABLATIONS = ("model.unroll_layers=False", "model.attention_query_chunk=0")
+DEFAULT_ABLATIONS = ("train.cpu_dot_library=ynnpack", "model.unroll_layers=False", "model.attention_query_chunk=0")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["bench_5m", "bench_29m"], "configs to measure: names in configs/ or paths to .py files")
