@@ -501,3 +501,19 @@ def test_token_matmul_equals_the_einsum_with_its_gradients(spec, x_shape, kernel
 def test_token_matmul_names_a_shape_mismatch():
   with pytest.raises(ValueError, match="does not end in the kernel's input axes"):
     layers.matmul(jnp.zeros((2, 3, 8)), jnp.zeros((4, 5)))
+
+
+def test_token_matmul_adds_its_bias_on_the_2d_product_with_its_gradient():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 8), np.float32))
+  kernel = jnp.asarray(rng.standard_normal((8, 3, 4), np.float32))
+  bias = jnp.asarray(rng.standard_normal((3, 4), np.float32))
+  ours = lambda x, w, b: jnp.sum(jnp.sin(layers.matmul(x, w, bias=b)))
+  reference = lambda x, w, b: jnp.sum(jnp.sin(jnp.einsum("bsi,ihd->bshd", x, w) + b))
+  np.testing.assert_allclose(ours(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5)
+  grads = zip(jax.grad(ours, argnums=(0, 1, 2))(x, kernel, bias), jax.grad(reference, argnums=(0, 1, 2))(x, kernel, bias))
+  for a, b in grads:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(layers.matmul(x, kernel, bias=0.0), jnp.einsum("bsi,ihd->bshd", x, kernel), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"bias \(4,\) is not the kernel's output shape \(3, 4\)"):
+    layers.matmul(x, kernel, bias=jnp.zeros((4,)))
