@@ -141,13 +141,17 @@ class OurStep:
     self.state = self.trainer.init_state(jax.random.PRNGKey(config.train.seed))
     self.batch = sharding.global_batch(synthetic_batch(config), self.trainer.batch_sharding)
 
-  def __call__(self) -> float:
-    """One step; returns its loss (a host read, so the step has finished)."""
-    self.state, metrics = self.trainer.train_step(self.state, self.batch)
+  def __call__(self, executable: Callable | None = None) -> float:
+    """One step (of `executable`, a `compiled()` of the step, if given); returns its loss (a host read, so
+    the step has finished)."""
+    self.state, metrics = (executable or self.trainer.train_step)(self.state, self.batch)
     return float(metrics["train/loss"])
 
+  def compiled(self):
+    return self.trainer.train_step.lower(self.state, self.batch).compile()
+
   def compiled_text(self) -> str:
-    return self.trainer.train_step.lower(self.state, self.batch).compile().as_text()
+    return self.compiled().as_text()
 
 
 def peer_device() -> tuple[str | None, str]:
@@ -233,7 +237,9 @@ def op_category(op_name: str) -> str:
       return f"matmul: attention projections ({stage})"
     return f"attention: logits, mask, softmax, weighted sum ({stage})"
   if "/mlp/" in op_name or "/moe/" in op_name:
-    return f"matmul: MLP ({stage})" if "dot_general" in op_name else f"MLP activation ({stage})"
+    # A weight gradient's dot is named by the einsum's transpose rule ("ti,io->to/transpose"), not dot_general.
+    matmul = "dot_general" in op_name or re.search(PROJECTION, op_name)
+    return f"matmul: MLP ({stage})" if matmul else f"MLP activation ({stage})"
   if re.search(PROJECTION, op_name):
     return f"matmul: output logits ({stage})"
   if "_norm" in op_name:
@@ -276,12 +282,15 @@ def profile(step: OurStep, trace_dir: str, steps: int = 2) -> tuple[list[tuple[s
   Op time is the sum of each XLA op's duration; ops that run side by side on different cores both
   count, so it can exceed the wall time. The shares say where the work is.
   """
-  names = op_names(step.compiled_text())
-  step()
+  # The traced steps run the very executable whose HLO names the ops: a second compilation may number its
+  # instructions differently (oneDNN's fusions do).
+  executable = step.compiled()
+  names = op_names(executable.as_text())
+  step(executable)
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   start = time.perf_counter()
   for _ in range(steps):
-    step()
+    step(executable)
   wall = (time.perf_counter() - start) / steps * 1e3
   jax.profiler.stop_trace()
   totals = collections.Counter()

@@ -116,6 +116,11 @@ def test_op_categories():
       == "matmul: attention projections (backward)"
   assert category("jit(train_step)/transpose(jvp(Transformer))/ti,oi->to/dot_general") == \
       "matmul: output logits (backward)"
+  # A weight gradient's dot carries the name of the einsum's transpose rule.
+  assert category("jit(train_step)/transpose(jvp(Transformer))/closed_call/blocks/layer_0/mlp/ti,io->to/transpose") \
+      == "matmul: MLP (backward)"
+  assert category("jit(train_step)/transpose(jvp(Transformer))/closed_call/blocks/layer_0/mlp/tanh") == \
+      "MLP activation (backward)"
   assert category("jit(train_step)/jvp()/exp") == "softmax cross-entropy (forward)"
   assert category("jit(train_step)/add") == "optimizer update, guard and metrics"
 
