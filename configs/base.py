@@ -66,8 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.tokens_dir = ""  # token shards from `python -m data.shards` (their tokenizer is used); '' = tokenize data.path
   data.seq_len = 256  # tokens per packed training row
   data.validation_fraction = 0.05  # launch-time tokenization: share of documents held out (split by document id)
-  data.split_seed = 0  # launch-time tokenization: seed of the train / validation split
-  data.tokenizer_max_sentences = 500000  # launch-time tokenization: lines sampled from the training split
+  data.split_seed = 0  # launch-time tokenization: seed of the train / validation split and the tokenizer's line sample
+  data.tokenizer_max_sentences = 500000  # launch-time tokenization: lines sampled (seeded) from the training split
   data.shuffle_seed = 0  # seed of each source's document order and of every epoch's row order
   data.mixture = ()  # (source, weight) pairs: share of training rows per source; () = by size (mixture_temperature)
   data.mixture_temperature = 1.0  # without mixture weights: source i drawn in proportion to tokens_i^(1/T)

@@ -140,12 +140,32 @@ def _training_lines(documents: Iterable[Document]) -> Iterator[str]:
         yield line
 
 
-def train(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int) -> Tokenizer:
+def _seeded_sample(lines: Iterator[str], max_lines: int, seed: int) -> list[str]:
+  """A uniform sample of at most `max_lines` of `lines` (reservoir sampling), the same for the same seed.
+
+  SentencePiece's own sampling (input_sentence_size) draws from an unseeded generator, so a
+  relaunch or another machine would train a different tokenizer on the same documents. When
+  there are no more than `max_lines` lines, all of them are kept in their order.
+  """
+  rng = random.Random(seed)
+  sample: list[str] = []
+  for count, line in enumerate(lines):
+    if count < max_lines:
+      sample.append(line)
+    elif (slot := rng.randrange(count + 1)) < max_lines:
+      sample[slot] = line
+  return sample
+
+
+def train(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int,
+          seed: int) -> Tokenizer:
   """Trains a BPE model with the default `Settings` on `documents` into `directory`.
 
-  SentencePiece keeps a random sample of at most `max_sentences` of the documents' lines.
+  The model is trained on a seeded uniform sample of at most `max_sentences` of the documents'
+  non-empty lines, so the same documents and seed give the same tokenizer.
   """
-  return _train(_training_lines(documents), Settings(vocab_size=vocab_size), directory, max_sentences)
+  sample = _seeded_sample(_training_lines(documents), max_sentences, seed)
+  return _train(iter(sample), Settings(vocab_size=vocab_size), directory)
 
 
 def train_lines(lines: Iterable[str], settings: Settings, directory: str) -> Tokenizer:
@@ -155,10 +175,10 @@ def train_lines(lines: Iterable[str], settings: Settings, directory: str) -> Tok
     ValueError: `settings.vocab_size` does not suit the lines (too small for their characters, or more
       pieces than a unigram model can make of them); the message names tokenizer.vocab_size.
   """
-  return _train(iter(lines), settings, directory, max_sentences=0)
+  return _train(iter(lines), settings, directory)
 
 
-def _train(lines: Iterator[str], settings: Settings, directory: str, max_sentences: int) -> Tokenizer:
+def _train(lines: Iterator[str], settings: Settings, directory: str) -> Tokenizer:
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
@@ -183,8 +203,8 @@ def _train(lines: Iterator[str], settings: Settings, directory: str, max_sentenc
         add_dummy_prefix=False,
         allow_whitespace_only_pieces=True,
         split_digits=settings.split_digits,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
+        # The lines arrive sampled with a seed; SentencePiece's own sampling is unseeded.
+        input_sentence_size=0,
         max_sentence_length=1 << 16,
         num_threads=os.cpu_count() or 1,
         minloglevel=2,
@@ -257,14 +277,15 @@ def load(directory: str) -> Tokenizer:
                    mask_id=meta.get("mask_id"), sha256=digest)
 
 
-def train_or_load(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int) -> Tokenizer:
+def train_or_load(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int,
+                  seed: int) -> Tokenizer:
   """Loads the tokenizer in `directory` if one is there (a relaunch), else trains it.
 
   Raises:
     ValueError: the saved tokenizer's vocabulary size differs from `vocab_size`.
   """
   if not exists(directory):
-    return train(documents, vocab_size, directory, max_sentences)
+    return train(documents, vocab_size, directory, max_sentences, seed)
   tokenizer = load(directory)
   if tokenizer.vocab_size != vocab_size:
     raise ValueError(

@@ -215,7 +215,8 @@ def run(quick: bool = False, workers: Sequence[int] = (0, 2), batches: int = 300
   with tempfile.TemporaryDirectory() as directory:
     tokenizer_dir = os.path.join(directory, "tokenizer")
     begin = time.perf_counter()
-    tokenizer_lib.train(train_docs, config.model.vocab_size, tokenizer_dir, config.data.tokenizer_max_sentences)
+    tokenizer_lib.train(train_docs, config.model.vocab_size, tokenizer_dir, config.data.tokenizer_max_sentences,
+                        defaults.split_seed)
     log(f"tokenizer: {config.model.vocab_size} pieces trained on {len(train_docs):,} documents in "
         f"{time.perf_counter() - begin:.1f}s")
     rows, tokens_dir = tokenization_rows(documents, tokenizer_dir, os.path.join(directory, "tokens"), log)

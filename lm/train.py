@@ -326,7 +326,8 @@ def _tokenize_at_launch(config: ml_collections.ConfigDict, run_dir: str) -> str:
   if jax.process_index() == 0:
     start = time.time()
     train_docs, validation_docs = corpus.load(config.data.path, config.data.validation_fraction, config.data.split_seed)
-    tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir, config.data.tokenizer_max_sentences)
+    tokenizer_lib.train_or_load(train_docs, config.model.vocab_size, tokenizer_dir, config.data.tokenizer_max_sentences,
+                                config.data.split_seed)
     defaults = tokenize_base.get_config().shards
     shards.write(train_docs + validation_docs, tokenizer_dir, tokens_dir,
                  validation_fraction=config.data.validation_fraction, split_seed=config.data.split_seed,

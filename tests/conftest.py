@@ -42,7 +42,7 @@ def small_documents(documents):
 @pytest.fixture(scope="session")
 def tokenizer_dir(small_documents, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("tokenizer"))
-  tokenizer_lib.train(small_documents, vocab_size=512, directory=directory, max_sentences=50000)
+  tokenizer_lib.train(small_documents, vocab_size=512, directory=directory, max_sentences=50000, seed=0)
   return directory
 
 

@@ -50,15 +50,15 @@ def test_tokenizer_round_trips_code_and_is_reused(tokenizer, small_documents, tm
   assert tokenizer.vocab_size == 512
   assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 3)
   directory = str(tmp_path / "tok")
-  first = tokenizer_lib.train_or_load(small_documents[:50], 640, directory, 10000)
+  first = tokenizer_lib.train_or_load(small_documents[:50], 640, directory, 10000, 0)
   meta = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
   assert meta["bos_id"] == 1 and meta["eos_id"] == 2 and meta["pad_id"] == 3 and meta["byte_fallback"]
   assert meta["sha256"] == tokenizer_lib.model_hash(directory) == first.sha256
   # A relaunch reuses the saved model even if given other documents.
-  second = tokenizer_lib.train_or_load(small_documents[50:60], 640, directory, 10000)
+  second = tokenizer_lib.train_or_load(small_documents[50:60], 640, directory, 10000, 0)
   assert second.encode(text) == first.encode(text)
   with pytest.raises(ValueError, match="vocab_size 640 but config model.vocab_size is 700"):
-    tokenizer_lib.train_or_load([], 700, directory, 10000)
+    tokenizer_lib.train_or_load([], 700, directory, 10000, 0)
 
 
 def test_unigram_entropy():

@@ -56,7 +56,7 @@ def other_tokenizer_dir(small_documents, tmp_path_factory):
   """A tokenizer of the same vocabulary size as `tokenizer_dir`, trained on other documents."""
   directory = str(tmp_path_factory.mktemp("other_tokenizer"))
   tokenizer_lib.train([d for d in small_documents if d.source == "code"][:60], vocab_size=512, directory=directory,
-                      max_sentences=50000)
+                      max_sentences=50000, seed=0)
   return directory
 
 

@@ -339,7 +339,7 @@ def tiny_run(prose, tmp_path_factory):
   with open(os.path.join(run_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   tokenizer = tokenizer_lib.train(prose, config.model.vocab_size, os.path.join(run_dir, "tokenizer"),
-                                  max_sentences=20000)
+                                  max_sentences=20000, seed=0)
   trainer = train_lib.build(config, sharding.make_mesh(config.mesh))
   state = trainer.init_state(jax.random.PRNGKey(0))
   tokens = shards.write(prose[:200], os.path.join(run_dir, "tokenizer"), os.path.join(run_dir, "tokens"),

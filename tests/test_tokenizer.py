@@ -137,6 +137,40 @@ def test_model_hash_follows_the_model(lines, tmp_path):
     tokenizer_lib.load(directory)
 
 
+def _train_in_a_new_process(directory, max_sentences, seed):
+  """The sha256 of a 512-piece model trained by `tokenizer.train` on the first 40 documents of each domain of the
+  embedded corpus, in a process of its own (an unseeded sample differs between processes, not within one)."""
+  script = ("import sys\nfrom data import corpus, tokenizer\n"
+            "train, _ = corpus.load('', validation_fraction=0.05, seed=0)\n"
+            "docs = [d for d in train if d.source == 'docs'][:40] + [d for d in train if d.source == 'code'][:40]\n"
+            "print(tokenizer.train(docs, 512, sys.argv[1], int(sys.argv[2]), int(sys.argv[3])).sha256)\n")
+  result = subprocess.run([sys.executable, "-c", script, directory, str(max_sentences), str(seed)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.split()[-1]
+
+
+def test_a_sampled_tokenizer_is_the_same_in_every_process_for_one_seed(tmp_path):
+  # 4,000 of the documents' 29,000 lines: a relaunch, or another host, must train the very same tokenizer.
+  first, second, other_seed = (_train_in_a_new_process(str(tmp_path / name), 4000, seed)
+                               for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+  assert first == second != other_seed
+
+
+def test_the_seeded_sample_is_uniform_and_keeps_everything_in_order_when_it_fits():
+  lines = [f"line {i}" for i in range(100)]
+  assert tokenizer_lib._seeded_sample(iter(lines), 100, seed=0) == lines  # pylint: disable=protected-access
+  sample = tokenizer_lib._seeded_sample(iter(lines), 10, seed=0)  # pylint: disable=protected-access
+  assert len(set(sample)) == 10 and set(sample) <= set(lines)
+  assert sample == tokenizer_lib._seeded_sample(iter(lines), 10, seed=0)  # pylint: disable=protected-access
+  counts = {line: 0 for line in lines}
+  for seed in range(2000):
+    for line in tokenizer_lib._seeded_sample(iter(lines), 10, seed):  # pylint: disable=protected-access
+      counts[line] += 1
+  # Each line is kept with probability 0.1: 200 of 2,000 draws, with a binomial standard deviation of 13.4.
+  assert 140 < min(counts.values()) and max(counts.values()) < 260, counts
+
+
 def test_sources_give_the_same_number_of_lines_whatever_their_size():
   small, big = _synthetic("small", 10, 10), _synthetic("big", 200, 10)  # 100 and 2000 non-empty lines
   documents = big[:100] + small + big[100:]
