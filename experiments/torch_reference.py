@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import time
 from typing import Any
 
 import numpy as np

@@ -139,7 +139,7 @@ def read(task: str, path: str) -> TaskFile:
           raise ItemError(f"a JSON {type(record).__name__}, expected an object")
         items.append(PARSERS[task](record, line_number))
       except (ItemError, json.JSONDecodeError) as e:
-        reason = f"invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+        reason = "invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
         entry = skipped.setdefault(reason, [0, line_number])
         entry[0] += 1
   if not items:

@@ -12,6 +12,7 @@ step late, which is when a rollback happens.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -117,6 +118,14 @@ class Trainer:
   noise_scale_sums: Callable  # (params, batch) -> squared gradient norms of the batch's halves and of all of it
   abstract_state: TrainState  # ShapeDtypeStructs with shardings, never allocated: the target of a restore
   param_axes: Any  # parameter tree of PartitionSpecs of logical axis names ("vocab", "embed", "layers", ...)
+
+
+# XLA:CPU's oneDNN matmuls hand their runtime back to a pool just after a run completes, and destroying the
+# executable inside that window aborts the process (object_pool.h: "available_.size() == num_created_"). Seen when
+# a function was dropped right after its result was read, on a loaded machine. The last Trainers built stay
+# referenced here, so a dropped Trainer's executables are destroyed while a later one is built, long after its
+# last run.
+_RECENT_ONEDNN_TRAINERS: collections.deque[Trainer] = collections.deque(maxlen=4)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
@@ -251,9 +260,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
     return wrapped
 
   next_token = generate_lib.make_next_token_fn(forward, config.eval.sample_temperature, config.eval.sample_top_k)
-  jit = functools.partial(jax.jit, compiler_options=process.compiler_options(config.train.cpu_dot_library,
-                                                                             mesh.devices.flat[0].platform))
-  return Trainer(
+  options = process.compiler_options(config.train.cpu_dot_library, mesh.devices.flat[0].platform)
+  jit = functools.partial(jax.jit, compiler_options=options)
+  trainer = Trainer(
       model=model, mesh=mesh, rules=rules, state_shardings=state_shardings, batch_sharding=batch_sharding,
       learning_rate=schedule,
       init_state=in_context(jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings)),
@@ -270,6 +279,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer
       abstract_state=abstract_state,
       param_axes=nn.get_partition_spec(boxed).params,
   )
+  if options is not None:
+    _RECENT_ONEDNN_TRAINERS.append(trainer)
+  return trainer
 
 
 def _init_function(config: ml_collections.ConfigDict, model: nn.Module,

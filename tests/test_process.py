@@ -103,3 +103,33 @@ def test_the_cpu_dot_library_reaches_the_step_and_leaves_the_loss_of_a_fixed_bat
     losses[library] = [step() for _ in range(3)]
   assert "onednn_fusion" in texts["onednn"] and "onednn_fusion" not in texts["ynnpack"]
   np.testing.assert_allclose(losses["onednn"], losses["ynnpack"], rtol=2e-6)
+
+
+def test_a_dropped_onednn_trainer_outlives_its_last_run_until_later_trainers_are_built():
+  # XLA:CPU aborts when a oneDNN executable is destroyed just after a run (see lm/train.py); the last trainers
+  # built stay referenced, so a dropped trainer's executables go while later ones are built.
+  import gc
+  import weakref
+
+  import jax
+
+  from configs import tiny
+  from lm import sharding
+  from lm import train
+
+  config = tiny.get_config()
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = train.build(config, mesh)
+  jax.block_until_ready(trainer.init_state(jax.random.PRNGKey(0)))
+  alive = weakref.ref(trainer.init_state)
+  del trainer
+  gc.collect()
+  assert alive() is not None
+  for _ in range(train._RECENT_ONEDNN_TRAINERS.maxlen):  # pylint: disable=protected-access
+    train.build(config, mesh)
+  gc.collect()
+  assert alive() is None
+  config.train.cpu_dot_library = "ynnpack"  # nothing to outlive: XLA's default library
+  default = weakref.ref(train.build(config, mesh).init_state)
+  gc.collect()
+  assert default() is None

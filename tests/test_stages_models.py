@@ -129,7 +129,7 @@ def test_ensure_model_trains_logs_and_returns_a_copy(trained_classifier, prose, 
   assert len(lines) == 1
   held = sum(corpus.in_validation(d.id, classifier.HELDOUT_FRACTION, 0) for d in prose + spam)
   assert f"trained on {len(prose) + len(spam) - held} documents" in lines[0]
-  assert f"held-out accuracy" in lines[0] and f"on {held} documents" in lines[0]
+  assert "held-out accuracy" in lines[0] and f"on {held} documents" in lines[0]
   accuracy = float(lines[0].split("held-out accuracy ")[1].split()[0])
   assert accuracy >= 0.9
   # An existing model is used as it is: nothing is read.
