@@ -554,6 +554,8 @@ def run(config: ml_collections.ConfigDict,
     """FLOPs per token summed over steps 0 .. step - 1, each at its stage's count."""
     ends = stage_starts[1:] + [max(step, stage_starts[-1])]
     return sum(f * max(0, min(step, end) - start) for f, start, end in zip(stage_flops, stage_starts, ends))
+  if len(stages) > 1:  # the full count takes each stage's attention at its row length (tokens per step are equal)
+    compute = dict(compute, compute=flops_before(config.train.steps) * global_batch_size * seq_len)
   peak, peak_source = metrics_lib.peak_flops_per_device(config.log)
   if is_main:
     run_dir_lib.record_launch(run_dir, changed, latest, jax.process_count(), mfu_basis={

@@ -298,6 +298,11 @@ def test_context_stages_in_one_run_resume_inside_a_stage(tokens_dir, tmp_path):
   assert all(900 < tokens[s] <= 1024 for s in range(1, 7))  # 16 x 64 and 8 x 128 rows: the same tokens per step
   flops = {r["step"]: r["compute/flops"] for r in records if "compute/flops" in r}
   assert flops[6] - flops[5] > flops[3] - flops[2]  # longer rows cost more attention per token
+  with open(tmp_path / "whole" / "run.json") as f:
+    compute = json.load(f)["compute"]
+  with open(tmp_path / "whole" / "result.json") as f:
+    assert json.load(f)["compute"] == compute
+  assert compute["compute"] == pytest.approx(flops[6])  # the full count takes each stage at its own row length
 
   shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if stopped after the save at step 4
