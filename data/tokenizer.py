@@ -132,40 +132,18 @@ class Settings:
                pad_piece=tok.pad_piece, user_defined_symbols=tok.user_defined_symbols)
 
 
-def _training_lines(documents: Iterable[Document]) -> Iterator[str]:
-  # SentencePiece trains on "sentences"; a line is the natural unit for both prose and code.
-  for doc in documents:
-    for line in doc.text.split("\n"):
-      if line.strip():
-        yield line
-
-
-def _seeded_sample(lines: Iterator[str], max_lines: int, seed: int) -> list[str]:
-  """A uniform sample of at most `max_lines` of `lines` (reservoir sampling), the same for the same seed.
-
-  SentencePiece's own sampling (input_sentence_size) draws from an unseeded generator, so a
-  relaunch or another machine would train a different tokenizer on the same documents. When
-  there are no more than `max_lines` lines, all of them are kept in their order.
-  """
-  rng = random.Random(seed)
-  sample: list[str] = []
-  for count, line in enumerate(lines):
-    if count < max_lines:
-      sample.append(line)
-    elif (slot := rng.randrange(count + 1)) < max_lines:
-      sample[slot] = line
-  return sample
-
-
 def train(documents: Iterable[Document], vocab_size: int, directory: str, max_sentences: int,
           seed: int) -> Tokenizer:
   """Trains a BPE model with the default `Settings` on `documents` into `directory`.
 
   The model is trained on a seeded uniform sample of at most `max_sentences` of the documents'
-  non-empty lines, so the same documents and seed give the same tokenizer.
+  non-empty lines (a line is the natural unit of both prose and code), so the same documents and
+  seed give the same tokenizer. SentencePiece's own sampling (input_sentence_size) is unseeded.
   """
-  sample = _seeded_sample(_training_lines(documents), max_sentences, seed)
-  return _train(iter(sample), Settings(vocab_size=vocab_size), directory)
+  sampler = _SourceSampler("", max_sentences, max_held_out=0, seed=seed)
+  for doc in documents:
+    sampler.add(doc)
+  return _train(iter(sampler.finish().sampled), Settings(vocab_size=vocab_size), directory)
 
 
 def train_lines(lines: Iterable[str], settings: Settings, directory: str) -> Tokenizer:

@@ -157,15 +157,22 @@ def test_a_sampled_tokenizer_is_the_same_in_every_process_for_one_seed(tmp_path)
   assert first == second != other_seed
 
 
-def test_the_seeded_sample_is_uniform_and_keeps_everything_in_order_when_it_fits():
-  lines = [f"line {i}" for i in range(100)]
-  assert tokenizer_lib._seeded_sample(iter(lines), 100, seed=0) == lines  # pylint: disable=protected-access
-  sample = tokenizer_lib._seeded_sample(iter(lines), 10, seed=0)  # pylint: disable=protected-access
-  assert len(set(sample)) == 10 and set(sample) <= set(lines)
-  assert sample == tokenizer_lib._seeded_sample(iter(lines), 10, seed=0)  # pylint: disable=protected-access
+def test_the_line_sample_of_train_is_uniform_and_keeps_every_line_when_they_fit():
+  documents = _synthetic("one", 20, 5)  # 100 non-empty lines
+
+  def sample(max_lines, seed):  # as `tokenizer.train` draws it: no document held out
+    sampler = tokenizer_lib._SourceSampler("", max_lines, max_held_out=0, seed=seed)  # pylint: disable=protected-access
+    for doc in documents:
+      sampler.add(doc)
+    return sampler.finish().sampled
+
+  lines = [line for doc in documents for line in doc.text.split("\n") if line.strip()]
+  assert sorted(sample(100, seed=0)) == sorted(lines)
+  kept = sample(10, seed=0)
+  assert len(set(kept)) == 10 and set(kept) <= set(lines) and kept == sample(10, seed=0)
   counts = {line: 0 for line in lines}
   for seed in range(2000):
-    for line in tokenizer_lib._seeded_sample(iter(lines), 10, seed):  # pylint: disable=protected-access
+    for line in sample(10, seed):
       counts[line] += 1
   # Each line is kept with probability 0.1: 200 of 2,000 draws, with a binomial standard deviation of 13.4.
   assert 140 < min(counts.values()) and max(counts.values()) < 260, counts
